@@ -1,0 +1,335 @@
+//! Splitting byte streams into frames: u32 big-endian length prefixes, or
+//! newline-delimited JSON for stdio peers that speak it.
+//!
+//! The size limit is checked against the announced (or accumulated) length
+//! before any buffer grows to hold the frame, so a peer cannot make the
+//! receiver allocate more than `max_frame_bytes` plus one read's worth.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Default largest frame, in bytes (16 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Size of the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// How frames are delimited on a byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Each frame is preceded by its length as a big-endian `u32`.
+    #[default]
+    LengthPrefixed,
+    /// Each frame is one line of JSON ending in `\n` (a trailing `\r` is ignored,
+    /// blank lines are skipped). Only the JSON codec can be carried this way.
+    Ndjson,
+}
+
+/// A framing failure. After one, the stream is out of sync and must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FramingError {
+    /// A frame is larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The frame's length (for ndjson: the bytes seen so far without a newline).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("connection closed mid-frame: {have} of {need} bytes received")]
+    Truncated {
+        /// Bytes of the frame (prefix included) that arrived.
+        have: usize,
+        /// Bytes the frame needed (for ndjson: unknown, reported as `have + 1`).
+        need: usize,
+    },
+    /// An ndjson frame would contain a newline.
+    #[error("a newline-delimited frame cannot contain a raw newline")]
+    NewlineInFrame,
+}
+
+/// Incremental frame splitter for one direction of a byte stream.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    framing: Framing,
+    max_frame_bytes: usize,
+    /// Ndjson: bytes already searched for a newline.
+    scanned: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder with the given framing and limit.
+    pub fn new(framing: Framing, max_frame_bytes: usize) -> FrameDecoder {
+        FrameDecoder {
+            framing,
+            max_frame_bytes,
+            scanned: 0,
+        }
+    }
+
+    /// The framing this decoder splits.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The frame size limit.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Takes the next complete frame out of `buf`, if there is one.
+    ///
+    /// When the next frame is incomplete, `buf` may be grown to hold it (never
+    /// past the limit) and `Ok(None)` is returned: read more and call again.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        match self.framing {
+            Framing::LengthPrefixed => self.decode_prefixed(buf),
+            Framing::Ndjson => self.decode_line(buf),
+        }
+    }
+
+    /// Like [`decode`](Self::decode), at end of stream: leftover bytes are an error.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        match self.framing {
+            _ if buf.is_empty() => Ok(None),
+            Framing::Ndjson if buf.iter().all(|b| b.is_ascii_whitespace()) => {
+                buf.clear();
+                Ok(None)
+            }
+            Framing::Ndjson => Err(FramingError::Truncated {
+                have: buf.len(),
+                need: buf.len() + 1,
+            }),
+            Framing::LengthPrefixed => {
+                let need = if buf.len() >= PREFIX_LEN {
+                    PREFIX_LEN + prefix_len(buf)
+                } else {
+                    PREFIX_LEN
+                };
+                Err(FramingError::Truncated {
+                    have: buf.len(),
+                    need,
+                })
+            }
+        }
+    }
+
+    fn decode_prefixed(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        if buf.len() < PREFIX_LEN {
+            return Ok(None);
+        }
+        let len = prefix_len(buf);
+        if len > self.max_frame_bytes {
+            return Err(FramingError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        let total = PREFIX_LEN + len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(PREFIX_LEN);
+        Ok(Some(buf.split_to(len).freeze()))
+    }
+
+    fn decode_line(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        loop {
+            let start = self.scanned.min(buf.len());
+            let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') else {
+                self.scanned = buf.len();
+                if buf.len() > self.max_frame_bytes {
+                    return Err(FramingError::TooLarge {
+                        len: buf.len(),
+                        max: self.max_frame_bytes,
+                    });
+                }
+                return Ok(None);
+            };
+            let end = start + pos;
+            self.scanned = 0;
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            if line.len() > self.max_frame_bytes {
+                return Err(FramingError::TooLarge {
+                    len: line.len(),
+                    max: self.max_frame_bytes,
+                });
+            }
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            return Ok(Some(line.freeze()));
+        }
+    }
+}
+
+fn prefix_len(buf: &[u8]) -> usize {
+    let mut prefix = [0u8; PREFIX_LEN];
+    prefix.copy_from_slice(&buf[..PREFIX_LEN]);
+    // u32 always fits in usize on the 32- and 64-bit targets capwire supports.
+    u32::from_be_bytes(prefix) as usize
+}
+
+/// Appends `frame` to `out` with the given framing.
+///
+/// Fails, leaving `out` unchanged, when the frame exceeds `max_frame_bytes`
+/// (or `u32::MAX`), or when an ndjson frame contains a newline.
+pub fn encode_frame(
+    framing: Framing,
+    frame: &[u8],
+    max_frame_bytes: usize,
+    out: &mut BytesMut,
+) -> Result<(), FramingError> {
+    let too_large = FramingError::TooLarge {
+        len: frame.len(),
+        max: max_frame_bytes,
+    };
+    if frame.len() > max_frame_bytes {
+        return Err(too_large);
+    }
+    match framing {
+        Framing::LengthPrefixed => {
+            let len = u32::try_from(frame.len()).map_err(|_| too_large)?;
+            out.reserve(PREFIX_LEN + frame.len());
+            out.put_u32(len);
+            out.put_slice(frame);
+        }
+        Framing::Ndjson => {
+            if frame.contains(&b'\n') {
+                return Err(FramingError::NewlineInFrame);
+            }
+            out.reserve(frame.len() + 1);
+            out.put_slice(frame);
+            out.put_u8(b'\n');
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixed(frames: &[&[u8]]) -> BytesMut {
+        let mut out = BytesMut::new();
+        for f in frames {
+            encode_frame(Framing::LengthPrefixed, f, 1024, &mut out).expect("encode");
+        }
+        out
+    }
+
+    #[test]
+    fn splits_prefixed_frames_fed_byte_by_byte() {
+        let wire = prefixed(&[b"hello", b"", b"world!"]);
+        let mut dec = FrameDecoder::new(Framing::LengthPrefixed, 1024);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in wire.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = dec.decode(&mut buf).expect("decode") {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, vec![&b"hello"[..], &b""[..], &b"world!"[..]]);
+        assert_eq!(dec.decode_eof(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn frame_exactly_at_limit_passes_and_one_more_byte_fails() {
+        let at = vec![7u8; 64];
+        let mut dec = FrameDecoder::new(Framing::LengthPrefixed, 64);
+        let mut buf = prefixed(&[&at]);
+        assert_eq!(
+            dec.decode(&mut buf).expect("at limit").as_deref(),
+            Some(&at[..])
+        );
+
+        let over = vec![7u8; 65];
+        let mut buf = prefixed(&[&over]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(FramingError::TooLarge { len: 65, max: 64 })
+        );
+        let mut out = BytesMut::new();
+        assert!(encode_frame(Framing::LengthPrefixed, &over, 64, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn huge_announced_length_is_rejected_before_allocating() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1, 2][..]);
+        let cap_before = buf.capacity();
+        let mut dec = FrameDecoder::new(Framing::LengthPrefixed, DEFAULT_MAX_FRAME_BYTES);
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(FramingError::TooLarge { .. })
+        ));
+        assert_eq!(buf.capacity(), cap_before);
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_truncated() {
+        let mut buf = prefixed(&[b"0123456789"]);
+        buf.truncate(PREFIX_LEN + 3);
+        let mut dec = FrameDecoder::new(Framing::LengthPrefixed, 1024);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        assert_eq!(
+            dec.decode_eof(&mut buf),
+            Err(FramingError::Truncated { have: 7, need: 14 })
+        );
+        let mut buf = BytesMut::from(&[0u8, 0][..]);
+        assert_eq!(
+            dec.decode_eof(&mut buf),
+            Err(FramingError::Truncated { have: 2, need: 4 })
+        );
+    }
+
+    #[test]
+    fn ndjson_lines_crlf_and_blank_lines() {
+        let mut buf = BytesMut::from(&b"{\"a\":1}\r\n\n  \n{\"b\":2}\n{\"c\""[..]);
+        let mut dec = FrameDecoder::new(Framing::Ndjson, 1024);
+        assert_eq!(
+            dec.decode(&mut buf).expect("line").as_deref(),
+            Some(&b"{\"a\":1}"[..])
+        );
+        assert_eq!(
+            dec.decode(&mut buf).expect("line").as_deref(),
+            Some(&b"{\"b\":2}"[..])
+        );
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        buf.put_slice(b":3}\n");
+        assert_eq!(
+            dec.decode(&mut buf).expect("line").as_deref(),
+            Some(&b"{\"c\":3}"[..])
+        );
+        buf.put_slice(b"{\"d\"");
+        assert!(matches!(
+            dec.decode_eof(&mut buf),
+            Err(FramingError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn ndjson_line_over_limit_without_newline_is_rejected() {
+        let mut dec = FrameDecoder::new(Framing::Ndjson, 8);
+        let mut buf = BytesMut::from(&b"0123456789"[..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(FramingError::TooLarge { len: 10, max: 8 })
+        );
+        let mut out = BytesMut::new();
+        assert_eq!(
+            encode_frame(Framing::Ndjson, b"a\nb", 8, &mut out),
+            Err(FramingError::NewlineInFrame)
+        );
+    }
+}

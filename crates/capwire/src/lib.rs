@@ -1,0 +1,2 @@
+//! capwire: object-capability RPC.
+pub use capwire_proto as proto;
