@@ -20,8 +20,10 @@ pub enum Codec {
 impl Codec {
     /// Tells the codec of an encoded frame from its first significant byte.
     ///
-    /// A binary frame is a MessagePack map of one entry, so it starts with
-    /// `0x81`; a JSON frame starts with `{`, possibly after whitespace.
+    /// A binary frame is a MessagePack map (of one entry, so it starts with
+    /// `0x81`; any map marker is read as MessagePack so that a map of the wrong
+    /// size gets a precise error); a JSON frame starts with `{`, possibly
+    /// after whitespace.
     pub fn detect(frame: &[u8]) -> Result<Codec, DecodeError> {
         let first = frame
             .iter()
@@ -29,7 +31,7 @@ impl Codec {
             .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
             .ok_or(DecodeError::Empty)?;
         match first {
-            0x81 => Ok(Codec::Msgpack),
+            0x80..=0x8f | 0xde | 0xdf => Ok(Codec::Msgpack),
             b'{' => Ok(Codec::Json),
             other => Err(DecodeError::UnknownCodec(other)),
         }
@@ -96,6 +98,11 @@ pub enum EncodeError {
     Transcode(String),
 }
 
+/// Deepest nesting any decoder in this crate follows, whatever the limits a
+/// session configures: deeper input is refused before it can exhaust the stack.
+/// (serde_json applies the same bound, 128, to JSON.)
+pub const MAX_DECODE_DEPTH: usize = 128;
+
 fn malformed(codec: Codec, message: String) -> DecodeError {
     // serde reports unknown ops through our visitor's custom error; keep them distinct.
     if let Some(rest) = message.strip_prefix("unknown op `") {
@@ -120,6 +127,7 @@ pub fn decode_as(codec: Codec, frame: &[u8]) -> Result<Frame, DecodeError> {
             // A cursor reader never allocates more than the bytes actually present,
             // whatever lengths the input claims.
             let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(frame));
+            de.set_max_depth(MAX_DECODE_DEPTH);
             let f = Frame::deserialize(&mut de).map_err(|e| malformed(codec, e.to_string()))?;
             let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
             if used < frame.len() {

@@ -38,7 +38,7 @@ pub mod framing;
 pub mod payload;
 pub mod status;
 
-pub use codec::{Codec, DecodeError, EncodeError};
+pub use codec::{Codec, DecodeError, EncodeError, MAX_DECODE_DEPTH};
 pub use frame::{
     Call, CallResult, Cancel, CapDescriptor, Credit, Finish, Frame, Goaway, Hello, HelloLimits,
     Outcome, PathSeg, Ping, Pong, Release, Revoked, StreamEnd, StreamError, StreamItem, Target,

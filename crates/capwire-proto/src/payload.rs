@@ -8,7 +8,7 @@ use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::codec::{Codec, DecodeError, EncodeError};
+use crate::codec::{Codec, DecodeError, EncodeError, MAX_DECODE_DEPTH};
 
 /// A value already encoded in one of the two codecs.
 ///
@@ -70,7 +70,9 @@ impl Payload {
                 message: e.to_string(),
             }),
             Payload::Msgpack(bytes) => {
-                rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Value {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(MAX_DECODE_DEPTH);
+                T::deserialize(&mut de).map_err(|e| DecodeError::Value {
                     codec: Codec::Msgpack,
                     message: e.to_string(),
                 })
@@ -214,6 +216,20 @@ mod tests {
         let m = p.transcode(Codec::Msgpack).expect("transcode");
         assert_eq!(m.codec(), Codec::Msgpack);
         assert_eq!(m.to_json().expect("json"), p.to_json().expect("json"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // 100 000 nested one-element arrays: 0x91 is a MessagePack fixarray of length 1.
+        let mut deep = vec![0x91u8; 100_000];
+        deep.push(0xc0);
+        let p = Payload::Msgpack(Bytes::from(deep));
+        let err = p.to_json().expect_err("too deep");
+        assert!(err.to_string().contains("depth"), "{err}");
+        let deep_json = "[".repeat(100_000) + &"]".repeat(100_000);
+        let p = Payload::Json(RawValue::from_string("[1]".into()).expect("raw"));
+        assert!(p.to_json().is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep_json).is_err());
     }
 
     #[test]

@@ -253,6 +253,29 @@ fn bad_input_gets_a_clear_error() {
         codec::decode(&unknown),
         Err(DecodeError::UnknownOp("foo".into()))
     );
+    // Status details nested 100 000 deep are refused, not a stack overflow.
+    let mut deep = vec![0x81, 0xa6];
+    deep.extend_from_slice(b"result");
+    deep.extend_from_slice(&[0x82, 0xa2, b'i', b'd', 0x01, 0xa3, b'e', b'r', b'r', 0x82]);
+    deep.extend_from_slice(&[0xa4, b'c', b'o', b'd', b'e', 0xa8]);
+    deep.extend_from_slice(b"internal");
+    deep.extend_from_slice(&[0xa7]);
+    deep.extend_from_slice(b"details");
+    deep.extend(std::iter::repeat(0x91).take(100_000));
+    deep.push(0xc0);
+    assert!(codec::decode(&deep)
+        .expect_err("too deep")
+        .to_string()
+        .contains("depth"));
+    // A map of two ops is read as MessagePack and refused precisely.
+    let two = [
+        0x82, 0xa4, b'p', b'i', b'n', b'g', 0x81, 0xa5, b'n', b'o', b'n', b'c', b'e', 0x01, 0xa4,
+        b'p', b'o', b'n', b'g', 0x81, 0xa5, b'n', b'o', b'n', b'c', b'e', 0x01,
+    ];
+    assert!(codec::decode(&two)
+        .expect_err("two ops")
+        .to_string()
+        .contains("exactly one op"));
     // A bin claiming 4 GiB inside a 10-byte frame fails without allocating it.
     let huge = [
         0x81, 0xa4, b'p', b'i', b'n', b'g', 0xc6, 0xff, 0xff, 0xff, 0xff,
