@@ -1,1 +1,223 @@
-fn main() {}
+//! The `capwire` command-line tool.
+//!
+//! `capwire frames decode` prints capwire/1 frames read from a file or stdin;
+//! `capwire frames encode` turns JSON frames into framed wire bytes.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use capwire::attestation::{Attestation, TransportKind};
+use capwire::proto::{codec, Codec, Framing};
+use capwire::transport::{self, Transport, TransportConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "capwire",
+    version,
+    about = "Object-capability RPC: tools for capwire peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode and encode capwire/1 frames.
+    #[command(subcommand)]
+    Frames(FramesCommand),
+}
+
+#[derive(Subcommand)]
+enum FramesCommand {
+    /// Read frames (either codec, detected per frame) and print each as pretty JSON.
+    Decode {
+        /// File to read; stdin when absent.
+        input: Option<PathBuf>,
+        /// How frames are delimited in the input.
+        #[arg(long, value_enum, default_value_t = FramingArg::Length)]
+        framing: FramingArg,
+        /// Largest frame accepted, in bytes.
+        #[arg(long, default_value_t = capwire::proto::DEFAULT_MAX_FRAME_BYTES)]
+        max_frame_bytes: usize,
+    },
+    /// Read one JSON frame per line from stdin and write them to stdout, encoded and framed.
+    Encode {
+        /// Codec of the frames written.
+        #[arg(long, value_enum, default_value_t = CodecArg::Msgpack)]
+        codec: CodecArg,
+        /// How frames are delimited in the output.
+        #[arg(long, value_enum, default_value_t = FramingArg::Length)]
+        framing: FramingArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FramingArg {
+    /// u32 big-endian length prefix.
+    Length,
+    /// One JSON frame per line.
+    Ndjson,
+}
+
+impl From<FramingArg> for Framing {
+    fn from(f: FramingArg) -> Framing {
+        match f {
+            FramingArg::Length => Framing::LengthPrefixed,
+            FramingArg::Ndjson => Framing::Ndjson,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CodecArg {
+    /// JSON text.
+    Json,
+    /// MessagePack.
+    Msgpack,
+}
+
+impl From<CodecArg> for Codec {
+    fn from(c: CodecArg) -> Codec {
+        match c {
+            CodecArg::Json => Codec::Json,
+            CodecArg::Msgpack => Codec::Msgpack,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("capwire: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capwire: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Frames(FramesCommand::Decode {
+            input,
+            framing,
+            max_frame_bytes,
+        }) => {
+            let config = TransportConfig::default()
+                .framing(framing.into())
+                .max_frame_bytes(max_frame_bytes);
+            let t = match input {
+                Some(path) => {
+                    let file = tokio::fs::File::open(&path)
+                        .await
+                        .with_context(|| format!("cannot open {}", path.display()))?;
+                    let att = Attestation::new(TransportKind::Stdio)
+                        .with_peer_addr(path.display().to_string());
+                    transport::stream_transport(file, tokio::io::sink(), att, &config)
+                }
+                None => transport::stdio(&config),
+            };
+            decode(t).await
+        }
+        Command::Frames(FramesCommand::Encode { codec, framing }) => {
+            encode(codec.into(), framing.into()).await
+        }
+    }
+}
+
+/// One decoded frame as `frames decode` prints it.
+#[derive(serde::Serialize)]
+struct Printed<'a> {
+    /// Position in the input, from 1.
+    n: u64,
+    codec: Codec,
+    bytes: usize,
+    frame: &'a capwire::proto::Frame,
+}
+
+/// Prints every frame; a frame that does not decode is reported and skipped,
+/// a framing error ends the input (the stream is out of sync after one).
+async fn decode(mut t: Transport) -> anyhow::Result<ExitCode> {
+    let mut n = 0u64;
+    let mut bad = 0u64;
+    loop {
+        let frame = match t.receiver.recv().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("capwire: after {n} frames: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        n += 1;
+        match codec::decode(&frame) {
+            Ok((decoded, codec)) => {
+                let printed = Printed {
+                    n,
+                    codec,
+                    bytes: frame.len(),
+                    frame: &decoded,
+                };
+                let mut text = serde_json::to_string_pretty(&printed)?;
+                text.push('\n');
+                let mut stdout = std::io::stdout().lock();
+                if let Err(e) = stdout.write_all(text.as_bytes()) {
+                    // A reader that went away (`| head`) is not an error.
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Err(e.into());
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("capwire: frame {n} ({} bytes): {e}", frame.len());
+            }
+        }
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Reads JSON frames, one per line, and writes them encoded through the stdio transport.
+async fn encode(codec: Codec, framing: Framing) -> anyhow::Result<ExitCode> {
+    if framing == Framing::Ndjson && codec == Codec::Msgpack {
+        anyhow::bail!("ndjson framing carries JSON frames only: use --codec json");
+    }
+    let out = transport::stdio(&TransportConfig::default().framing(framing));
+    let input_config = TransportConfig::default().framing(Framing::Ndjson);
+    let mut input = transport::stream_transport(
+        tokio::io::stdin(),
+        tokio::io::sink(),
+        Attestation::new(TransportKind::Stdio),
+        &input_config,
+    );
+    let mut line = 0u64;
+    while let Some(text) = input.receiver.recv().await? {
+        line += 1;
+        let (frame, _) = codec::decode(&text).with_context(|| format!("line {line}"))?;
+        let bytes = codec::encode(&frame, codec).with_context(|| format!("line {line}"))?;
+        out.sender.send(Bytes::from(bytes)).await?;
+    }
+    out.sender.close(transport::CloseReason::normal()).await?;
+    out.sender.closed().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -160,7 +160,7 @@ pub struct Hello {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
     /// The limits the sender enforces on what it receives.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "HelloLimits::is_empty")]
     pub limits: HelloLimits,
     /// A name for logs and events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +206,13 @@ pub struct HelloLimits {
     /// Deepest value nesting the sender accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u32>,
+}
+
+impl HelloLimits {
+    /// True when no limit is announced.
+    pub fn is_empty(&self) -> bool {
+        *self == HelloLimits::default()
+    }
 }
 
 /// `call`: invoke `method` on `target`.

@@ -1,0 +1,137 @@
+//! The `capwire` binary, run as a child process: its stdin and stdout are
+//! the stdio transport of that process.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_capwire");
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn capwire");
+    let mut input = child.stdin.take().expect("stdin");
+    let bytes = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer");
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn version() {
+    let out = run(&["--version"], b"");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("capwire {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn encode_then_decode_round_trips_in_both_codecs() {
+    let source = std::fs::read(format!("{SAMPLES}/tour.ndjson")).expect("sample");
+    let lines = source
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    for codec in ["json", "msgpack"] {
+        let encoded = run(&["frames", "encode", "--codec", codec], &source);
+        assert!(encoded.status.success(), "{}", stderr(&encoded));
+        let decoded = run(&["frames", "decode"], &encoded.stdout);
+        assert!(decoded.status.success(), "{}", stderr(&decoded));
+        let text = String::from_utf8(decoded.stdout).expect("utf8");
+        let frames: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("pretty JSON objects");
+        assert_eq!(frames.len(), lines);
+        assert!(frames.iter().all(|f| f["codec"] == codec));
+        assert_eq!(frames[2]["frame"]["call"]["method"], "makeCounter");
+    }
+    // JSON lines out are the canonical form of the sample.
+    let ndjson = run(
+        &["frames", "encode", "--codec", "json", "--framing", "ndjson"],
+        &source,
+    );
+    assert_eq!(ndjson.stdout, source);
+}
+
+#[test]
+fn shipped_binary_sample_decodes() {
+    let out = run(&["frames", "decode", &format!("{SAMPLES}/tour.bin")], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"codec\": \"msgpack\""));
+    assert!(text.contains("\"goaway\""));
+}
+
+#[test]
+fn bad_frames_are_reported_and_skipped() {
+    let input = b"{\"ping\":{\"nonce\":1}}\ngarbage\n{\"bogus\":{}}\n{\"pong\":{\"nonce\":1}}\n";
+    let out = run(&["frames", "decode", "--framing", "ndjson"], input);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("frame 2 (7 bytes): unknown frame encoding: first byte 0x67"),
+        "{err}"
+    );
+    assert!(
+        err.contains("frame 3 (12 bytes): unknown op `bogus`"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"ping\"") && text.contains("\"pong\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn framing_errors_end_the_input_with_a_clear_message() {
+    let out = run(
+        &["frames", "decode", "--max-frame-bytes", "16"],
+        &[0, 0, 0, 100, 1],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("after 0 frames: frame of 100 bytes exceeds the limit of 16 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["frames", "decode"], &[0, 0, 0, 10, b'{']);
+    assert!(
+        stderr(&out).contains("connection closed mid-frame: 5 of 14 bytes received"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["frames", "decode", "/nonexistent/file"], b"");
+    assert!(
+        stderr(&out).contains("cannot open /nonexistent/file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["frames", "encode", "--framing", "ndjson"], b"");
+    assert!(
+        stderr(&out).contains("ndjson framing carries JSON frames only"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["frames", "encode"], b"{\"nope\":1}\n");
+    assert!(
+        stderr(&out).contains("line 1: unknown op `nope`"),
+        "{}",
+        stderr(&out)
+    );
+}

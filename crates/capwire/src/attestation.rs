@@ -1,0 +1,72 @@
+//! What a connection's transport can vouch for about the peer.
+
+use serde::Serialize;
+
+/// The kind of transport a connection runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// An in-process pair.
+    Memory,
+    /// A TCP socket.
+    Tcp,
+    /// A Unix domain socket.
+    Unix,
+    /// A WebSocket.
+    WebSocket,
+    /// This process's own stdin/stdout.
+    Stdio,
+    /// The stdin/stdout of a child process this side spawned.
+    Process,
+}
+
+/// Credentials of a Unix-socket peer, read with `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UnixPeer {
+    /// User id of the peer process.
+    pub uid: u32,
+    /// Group id of the peer process.
+    pub gid: u32,
+    /// Process id, where the platform reports it.
+    pub pid: Option<i32>,
+}
+
+/// Facts about the peer, filled in by the transport that accepted or opened
+/// the connection. Nothing here is trusted unless the transport can prove it:
+/// a fresh attestation has no identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Attestation {
+    /// The transport kind.
+    pub transport: TransportKind,
+    /// The peer's address (`ip:port`, socket path, or command line).
+    pub peer_addr: Option<String>,
+    /// Unix peer credentials.
+    pub unix: Option<UnixPeer>,
+    /// The WebSocket `Origin` header, if the peer sent one.
+    pub origin: Option<String>,
+    /// The WebSocket request path.
+    pub path: Option<String>,
+    /// An identity proved by a token the peer presented.
+    pub identity: Option<String>,
+}
+
+impl Attestation {
+    /// An attestation for `transport` that knows nothing else.
+    pub fn new(transport: TransportKind) -> Attestation {
+        Attestation {
+            transport,
+            peer_addr: None,
+            unix: None,
+            origin: None,
+            path: None,
+            identity: None,
+        }
+    }
+
+    /// Sets the peer address.
+    pub fn with_peer_addr(mut self, addr: impl Into<String>) -> Attestation {
+        self.peer_addr = Some(addr.into());
+        self
+    }
+}

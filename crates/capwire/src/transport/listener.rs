@@ -1,0 +1,150 @@
+//! Accepting connections on TCP, Unix and WebSocket addresses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{stream, ws, Address, Transport, TransportConfig, TransportError};
+
+/// How long a WebSocket client may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound listening address.
+#[derive(Debug)]
+pub struct Listener {
+    inner: Inner,
+    local: Address,
+    config: TransportConfig,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+    /// Handshakes run in their own tasks so one slow client never blocks accept.
+    Ws(mpsc::Receiver<Transport>, JoinHandle<()>),
+}
+
+impl Listener {
+    /// Binds `addr`. Port 0 picks a free port; [`local_addr`](Self::local_addr)
+    /// tells which. A stale Unix socket file (nobody listening) is replaced.
+    pub async fn bind(addr: &Address, config: TransportConfig) -> Result<Listener, TransportError> {
+        let bind_err = |source| TransportError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        match addr {
+            Address::Tcp(authority) => {
+                let l = TcpListener::bind(authority.as_str())
+                    .await
+                    .map_err(bind_err)?;
+                let local = Address::Tcp(l.local_addr().map_err(bind_err)?.to_string());
+                Ok(Listener {
+                    inner: Inner::Tcp(l),
+                    local,
+                    config,
+                })
+            }
+            Address::Unix(path) => {
+                let l = match UnixListener::bind(path) {
+                    Ok(l) => l,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        if UnixStream::connect(path).await.is_ok() {
+                            return Err(bind_err(e));
+                        }
+                        std::fs::remove_file(path).map_err(bind_err)?;
+                        UnixListener::bind(path).map_err(bind_err)?
+                    }
+                    Err(e) => return Err(bind_err(e)),
+                };
+                Ok(Listener {
+                    inner: Inner::Unix(l, path.clone()),
+                    local: addr.clone(),
+                    config,
+                })
+            }
+            Address::Ws { authority, path } => {
+                let l = TcpListener::bind(authority.as_str())
+                    .await
+                    .map_err(bind_err)?;
+                let local = Address::Ws {
+                    authority: l.local_addr().map_err(bind_err)?.to_string(),
+                    path: path.clone(),
+                };
+                let (tx, rx) = mpsc::channel(64);
+                let task = tokio::spawn(ws_accept_loop(l, tx, config.clone()));
+                Ok(Listener {
+                    inner: Inner::Ws(rx, task),
+                    local,
+                    config,
+                })
+            }
+            Address::Stdio | Address::Exec { .. } => Err(TransportError::Unsupported(format!(
+                "cannot listen on {addr}: use transport::connect for stdio and exec"
+            ))),
+        }
+    }
+
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> &Address {
+        &self.local
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&mut self) -> Result<Transport, TransportError> {
+        match &mut self.inner {
+            Inner::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                Ok(stream::tcp_transport(s, &self.config))
+            }
+            Inner::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                Ok(stream::unix_transport(s, &self.config))
+            }
+            Inner::Ws(rx, _) => rx.recv().await.ok_or(TransportError::Closed),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        match &self.inner {
+            Inner::Unix(_, path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Inner::Ws(_, task) => task.abort(),
+            Inner::Tcp(_) => {}
+        }
+    }
+}
+
+async fn ws_accept_loop(l: TcpListener, tx: mpsc::Sender<Transport>, config: TransportConfig) {
+    loop {
+        let tcp = match l.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "websocket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let tx = tx.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws::accept(tcp, &config)).await {
+                Ok(Ok(t)) => {
+                    let _ = tx.send(t).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
+                Err(_) => tracing::debug!("websocket handshake timed out"),
+            }
+        });
+    }
+}

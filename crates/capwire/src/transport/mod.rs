@@ -1,0 +1,334 @@
+//! Transports: ordered, reliable, framed message pipes with a close reason.
+//!
+//! Every transport — in-memory, TCP, Unix socket, WebSocket, stdio — ends up
+//! as the same [`Transport`]: a cloneable [`FrameSender`] feeding one writer
+//! task, a [`FrameReceiver`] read by its owner, and the [`Attestation`] the
+//! transport could establish about the peer. Frames are opaque bytes here;
+//! the codec lives in `capwire-proto`.
+
+mod address;
+mod listener;
+mod mem;
+mod stream;
+mod writer;
+mod ws;
+
+use std::io;
+
+use bytes::Bytes;
+use capwire_proto::{Framing, FramingError, DEFAULT_MAX_FRAME_BYTES};
+use tokio::sync::mpsc;
+
+pub use address::Address;
+pub use listener::Listener;
+pub use mem::memory_pair;
+pub use stream::{spawn_child, stdio, stream_transport};
+pub use writer::spawn_stream_writer;
+
+use crate::attestation::Attestation;
+
+/// Settings shared by every transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Largest frame sent or accepted, in bytes. Default 16 MiB. Larger
+    /// incoming frames close the connection before they are buffered.
+    pub max_frame_bytes: usize,
+    /// Framing on byte-stream transports (TCP, Unix, stdio). Default
+    /// length-prefixed; choose ndjson for stdio peers that speak JSON lines.
+    pub framing: Framing,
+    /// Frames that may wait for the writer before `send` waits. Default 1024.
+    pub queue_frames: usize,
+    /// Most bytes the writer gathers into one write. Default 256 KiB.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> TransportConfig {
+        TransportConfig {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            framing: Framing::LengthPrefixed,
+            queue_frames: 1024,
+            max_batch_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Sets the frame size limit.
+    pub fn max_frame_bytes(mut self, n: usize) -> TransportConfig {
+        self.max_frame_bytes = n;
+        self
+    }
+
+    /// Sets the framing of byte-stream transports.
+    pub fn framing(mut self, framing: Framing) -> TransportConfig {
+        self.framing = framing;
+        self
+    }
+}
+
+/// Why a connection was closed, as carried by WebSocket close frames and
+/// in-memory pipes (byte streams can only carry EOF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// A WebSocket-style close code.
+    pub code: u16,
+    /// Human-readable text.
+    pub message: String,
+}
+
+impl CloseReason {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// An unexpected condition on the closing side.
+    pub const INTERNAL_ERROR: u16 = 1011;
+
+    /// A close reason.
+    pub fn new(code: u16, message: impl Into<String>) -> CloseReason {
+        CloseReason {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A normal close.
+    pub fn normal() -> CloseReason {
+        CloseReason::new(CloseReason::NORMAL, "")
+    }
+}
+
+/// A transport failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The socket or pipe failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// A frame was too large or the stream ended inside a frame.
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    /// The WebSocket layer failed.
+    #[error("websocket error: {0}")]
+    WebSocket(String),
+    /// The peer closed the connection with a non-normal reason.
+    #[error("connection closed by peer: {} {}", .0.code, .0.message)]
+    ClosedByPeer(CloseReason),
+    /// This side's connection is closed: nothing more can be sent.
+    #[error("connection closed")]
+    Closed,
+    /// An address could not be parsed.
+    #[error("invalid address `{input}`: {reason}")]
+    Address {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The address kind cannot be used that way (e.g. listening on `exec:`).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// What travels from a [`FrameSender`] to the writer (or, in memory, to the peer).
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Bytes),
+    Close(CloseReason),
+}
+
+/// The sending half of a transport. Cheap to clone; all clones feed one writer.
+#[derive(Debug, Clone)]
+pub struct FrameSender {
+    tx: mpsc::Sender<Outgoing>,
+    max_frame_bytes: usize,
+}
+
+impl FrameSender {
+    pub(crate) fn new(tx: mpsc::Sender<Outgoing>, max_frame_bytes: usize) -> FrameSender {
+        FrameSender {
+            tx,
+            max_frame_bytes,
+        }
+    }
+
+    fn check(&self, frame: &Bytes) -> Result<(), TransportError> {
+        if frame.len() > self.max_frame_bytes {
+            return Err(FramingError::TooLarge {
+                len: frame.len(),
+                max: self.max_frame_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Queues one frame, waiting while the writer's queue is full.
+    ///
+    /// A frame over the size limit is refused here, and nothing is sent.
+    pub async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.check(&frame)?;
+        self.tx
+            .send(Outgoing::Frame(frame))
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
+    /// Queues one frame if there is room now.
+    ///
+    /// Returns the frame back when the queue is full, so the caller can wait.
+    pub fn try_send(&self, frame: Bytes) -> Result<Option<Bytes>, TransportError> {
+        self.check(&frame)?;
+        match self.tx.try_send(Outgoing::Frame(frame)) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Outgoing::Frame(f))) => Ok(Some(f)),
+            Err(_) => Err(TransportError::Closed),
+        }
+    }
+
+    /// Flushes what is queued, then closes the connection with `reason`.
+    pub async fn close(&self, reason: CloseReason) -> Result<(), TransportError> {
+        self.tx
+            .send(Outgoing::Close(reason))
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
+    /// Asks for a close without waiting; used on paths that cannot await.
+    pub(crate) fn close_now(&self, reason: CloseReason) {
+        // If the queue is full or gone, the writer is stopping anyway.
+        let _ = self.tx.try_send(Outgoing::Close(reason));
+    }
+
+    /// True once the writer has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the writer has stopped.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// The frame size limit.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+}
+
+/// The receiving half of a transport.
+pub struct FrameReceiver {
+    inner: ReceiverInner,
+    /// Lets the receiver close the connection when the peer breaks framing.
+    control: FrameSender,
+    done: bool,
+}
+
+enum ReceiverInner {
+    Stream(Box<stream::StreamReader>),
+    Ws(ws::WsReader),
+    Mem(mpsc::Receiver<Outgoing>),
+}
+
+impl std::fmt::Debug for FrameReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReceiver")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameReceiver {
+    fn new(inner: ReceiverInner, control: FrameSender) -> FrameReceiver {
+        FrameReceiver {
+            inner,
+            control,
+            done: false,
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed normally.
+    ///
+    /// A framing violation (an over-limit frame, EOF inside a frame) is
+    /// returned as an error and closes the connection with that reason; after
+    /// any error or end, every later call returns `Ok(None)`.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        if self.done {
+            return Ok(None);
+        }
+        let result = match &mut self.inner {
+            ReceiverInner::Stream(r) => r.recv().await,
+            ReceiverInner::Ws(r) => r.recv().await,
+            ReceiverInner::Mem(rx) => match rx.recv().await {
+                Some(Outgoing::Frame(f)) => Ok(Some(f)),
+                Some(Outgoing::Close(reason)) if reason.code == CloseReason::NORMAL => Ok(None),
+                Some(Outgoing::Close(reason)) => Err(TransportError::ClosedByPeer(reason)),
+                None => Ok(None),
+            },
+        };
+        match &result {
+            Ok(Some(_)) => {}
+            Ok(None) => self.done = true,
+            Err(e) => {
+                self.done = true;
+                if let TransportError::Framing(fe) = e {
+                    let code = match fe {
+                        FramingError::TooLarge { .. } => CloseReason::TOO_BIG,
+                        _ => CloseReason::PROTOCOL_ERROR,
+                    };
+                    self.control
+                        .close_now(CloseReason::new(code, fe.to_string()));
+                }
+            }
+        }
+        result
+    }
+}
+
+/// One connection: its two halves and what is known about the peer.
+#[derive(Debug)]
+pub struct Transport {
+    /// Sends frames.
+    pub sender: FrameSender,
+    /// Receives frames.
+    pub receiver: FrameReceiver,
+    /// What the transport knows about the peer.
+    pub attestation: Attestation,
+}
+
+/// Opens a connection to `addr`.
+///
+/// `stdio:` uses this process's own stdin/stdout; `exec:` spawns the command
+/// and talks to its stdin/stdout.
+pub async fn connect(
+    addr: &Address,
+    config: &TransportConfig,
+) -> Result<Transport, TransportError> {
+    match addr {
+        Address::Tcp(authority) => stream::connect_tcp(authority, config).await,
+        Address::Unix(path) => stream::connect_unix(path, config).await,
+        Address::Ws { authority, path } => ws::connect(authority, path, config).await,
+        Address::Stdio => Ok(stdio(config)),
+        Address::Exec { program, args } => spawn_child(program, args, config),
+    }
+}
