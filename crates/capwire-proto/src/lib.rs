@@ -33,6 +33,7 @@
 //! ```
 
 pub mod codec;
+mod depth;
 pub mod frame;
 pub mod framing;
 pub mod payload;

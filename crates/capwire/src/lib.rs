@@ -29,4 +29,20 @@
 pub use capwire_proto as proto;
 
 pub mod attestation;
+pub mod events;
+pub mod policy;
+pub mod registry;
 pub mod transport;
+
+mod capability;
+mod object;
+mod session;
+mod value;
+
+pub use capability::{CallOptions, Capability};
+pub use capwire_proto::{Code, Reason, Status};
+pub use events::{Event, Stats};
+pub use object::{CallContext, Methods, Object};
+pub use registry::{IfExists, Registry, ServeHandle};
+pub use session::{Limits, Session, SessionConfig};
+pub use value::Value;

@@ -1,0 +1,127 @@
+//! Observable events and connection statistics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use capwire_proto::{Code, Status};
+use serde::Serialize;
+
+/// Which side of a call this session was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The peer called us.
+    Incoming,
+    /// We called the peer.
+    Outgoing,
+}
+
+/// Something that happened on a session. Subscribers get a bounded buffer:
+/// one that falls behind loses the oldest events, and never slows the session.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A bootstrap was answered.
+    Bootstrap {
+        /// The name asked for.
+        name: String,
+        /// How it ended.
+        outcome: Code,
+    },
+    /// A call finished.
+    Call {
+        /// Incoming or outgoing.
+        direction: Direction,
+        /// The target capability id.
+        cap: u64,
+        /// The method.
+        method: String,
+        /// The question id.
+        id: u64,
+        /// How long it took.
+        duration: Duration,
+        /// How it ended.
+        outcome: Code,
+    },
+    /// Capabilities were revoked (by us, or by the peer).
+    Revoke {
+        /// The direction: incoming means the peer revoked its exports.
+        direction: Direction,
+        /// The ids.
+        caps: Vec<u64>,
+    },
+    /// A connection-level error (protocol violation, limit on the connection).
+    Error {
+        /// What went wrong.
+        status: Status,
+    },
+    /// The session ended.
+    Closed {
+        /// Why.
+        status: Status,
+    },
+}
+
+/// A snapshot of a session's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Frame bytes received (without framing).
+    pub bytes_in: u64,
+    /// Frame bytes sent (without framing).
+    pub bytes_out: u64,
+    /// Finished calls by outcome (both directions), as `(code, count)`, zeros omitted.
+    pub calls: Vec<(Code, u64)>,
+    /// Live entries in the export table.
+    pub exports: usize,
+    /// Live entries in the import table.
+    pub imports: usize,
+    /// Calls we are waiting on.
+    pub questions: usize,
+    /// Calls the peer is waiting on.
+    pub answers: usize,
+    /// Round trip of the last ping, in microseconds.
+    pub last_rtt_us: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) calls: [AtomicU64; 14],
+    /// Microseconds + 1; 0 means "no ping yet".
+    pub(crate) last_rtt: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn call_done(&self, code: Code) {
+        if let Some(c) = self.calls.get(usize::from(code.as_u8())) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let calls = Code::ALL
+            .into_iter()
+            .zip(self.calls.iter())
+            .map(|(code, n)| (code, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let rtt = self.last_rtt.load(Ordering::Relaxed);
+        Stats {
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            frames_out: self.frames_out.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            calls,
+            last_rtt_us: rtt.checked_sub(1),
+            ..Stats::default()
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Objects that can be served or passed as capabilities, and the context a
+//! call runs in.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use capwire_proto::{Code, Status};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::attestation::Attestation;
+use crate::capability::Capability;
+use crate::value::Value;
+
+/// Something that answers method calls: the server side of a capability.
+///
+/// Most code builds objects with [`Methods`] or (later) the typed interface
+/// macro; implement this trait directly for dynamic dispatch of your own.
+pub trait Object: Send + Sync + 'static {
+    /// Runs `method`. The future runs as its own task; it is dropped if the
+    /// caller cancels, the deadline passes or the capability is revoked.
+    fn call(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Value, Status>>;
+
+    /// True when `method` may finish after its deadline (the callee then does
+    /// not abort it; the caller still stops waiting).
+    fn is_idempotent(&self, method: &str) -> bool {
+        let _ = method;
+        false
+    }
+
+    /// A name for events and logs.
+    fn type_name(&self) -> &str {
+        "object"
+    }
+}
+
+/// What a handler knows about the call it is running.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    pub(crate) method: Arc<str>,
+    pub(crate) call_id: Option<u64>,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) attestation: Arc<Attestation>,
+}
+
+impl CallContext {
+    pub(crate) fn local(
+        method: &str,
+        deadline: Option<Instant>,
+        attestation: Arc<Attestation>,
+    ) -> CallContext {
+        CallContext {
+            method: method.into(),
+            call_id: None,
+            deadline,
+            cancel: CancellationToken::new(),
+            attestation,
+        }
+    }
+
+    /// The method being called.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The caller's question id, for calls that came over a connection.
+    pub fn call_id(&self) -> Option<u64> {
+        self.call_id
+    }
+
+    /// When the caller stops waiting, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Resolves when the call is cancelled (by the caller, a deadline or revocation).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// True once the call is cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// What the transport knows about the caller.
+    pub fn attestation(&self) -> &Attestation {
+        &self.attestation
+    }
+
+    /// Makes `object` a capability that can be returned or passed on.
+    pub fn export<O: Object>(&self, object: O) -> Capability {
+        Capability::local(object)
+    }
+}
+
+type Handler =
+    Arc<dyn Fn(Value, CallContext) -> BoxFuture<'static, Result<Value, Status>> + Send + Sync>;
+
+/// An [`Object`] built from closures, one per method.
+///
+/// ```
+/// use capwire::{Methods, Value};
+///
+/// let calc = Methods::new("Calculator")
+///     .method("square", |args: Value, _ctx| async move {
+///         let (n,): (i64,) = args.decode()?;
+///         Value::new(&(n * n))
+///     });
+/// ```
+#[derive(Clone)]
+pub struct Methods {
+    name: String,
+    handlers: HashMap<String, Handler>,
+    idempotent: Vec<String>,
+}
+
+impl Methods {
+    /// An object with no methods yet, named for events and logs.
+    pub fn new(name: impl Into<String>) -> Methods {
+        Methods {
+            name: name.into(),
+            handlers: HashMap::new(),
+            idempotent: Vec::new(),
+        }
+    }
+
+    /// Adds a method.
+    pub fn method<F, Fut>(mut self, name: &str, f: F) -> Methods
+    where
+        F: Fn(Value, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, Status>> + Send + 'static,
+    {
+        self.handlers.insert(
+            name.to_owned(),
+            Arc::new(move |args, ctx| f(args, ctx).boxed()),
+        );
+        self
+    }
+
+    /// Marks a method idempotent: it is not aborted when its deadline passes.
+    pub fn idempotent(mut self, name: &str) -> Methods {
+        self.idempotent.push(name.to_owned());
+        self
+    }
+
+    /// The method names, sorted.
+    pub fn method_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+impl Object for Methods {
+    fn call(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Value, Status>> {
+        match self.handlers.get(method) {
+            Some(h) => h(args, ctx),
+            None => {
+                let status = Status::new(
+                    Code::Unimplemented,
+                    format!("{} has no method `{method}`", self.name),
+                );
+                async move { Err(status) }.boxed()
+            }
+        }
+    }
+
+    fn is_idempotent(&self, method: &str) -> bool {
+        self.idempotent.iter().any(|m| m == method)
+    }
+
+    fn type_name(&self) -> &str {
+        &self.name
+    }
+}

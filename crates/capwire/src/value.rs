@@ -1,0 +1,93 @@
+//! Values as the dynamic API sees them: one encoded value plus the
+//! capabilities its `{"$cap": n}` placeholders refer to.
+
+use capwire_proto::{Code, Codec, Payload, Status};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::capability::Capability;
+
+/// An argument, result or stream item: an encoded value and its capabilities.
+///
+/// A capability inside the value is the placeholder `{"$cap": n}`, where `n`
+/// indexes [`Value::caps`]. [`Value::with_caps`] builds such values;
+/// [`Value::cap`] takes the capabilities out of a received one.
+#[derive(Debug, Clone)]
+pub struct Value {
+    pub(crate) payload: Payload,
+    pub(crate) caps: Vec<Capability>,
+}
+
+impl Value {
+    /// Encodes `v` (MessagePack: the codec is converted if the connection uses JSON).
+    pub fn new<T: Serialize + ?Sized>(v: &T) -> Result<Value, Status> {
+        Value::encode(Codec::Msgpack, v)
+    }
+
+    /// Encodes `v` in `codec`.
+    pub fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Value, Status> {
+        Payload::encode(codec, v)
+            .map(Value::from_payload)
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+    }
+
+    /// `null`.
+    pub fn null() -> Value {
+        Value::from_payload(Payload::null(Codec::Msgpack))
+    }
+
+    /// A value whose placeholders refer to `caps`.
+    pub fn with_caps<T: Serialize + ?Sized>(v: &T, caps: Vec<Capability>) -> Result<Value, Status> {
+        let mut value = Value::new(v)?;
+        value.caps = caps;
+        Ok(value)
+    }
+
+    /// Just a capability: `{"$cap": 0}`.
+    pub fn capability(cap: Capability) -> Value {
+        let mut value =
+            Value::new(&serde_json::json!({ "$cap": 0 })).unwrap_or_else(|_| Value::null());
+        value.caps = vec![cap];
+        value
+    }
+
+    /// A value from an already encoded payload, with no capabilities.
+    pub fn from_payload(payload: Payload) -> Value {
+        Value {
+            payload,
+            caps: Vec::new(),
+        }
+    }
+
+    /// Decodes the value as `T` (placeholders decode as `{"$cap": n}` maps).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Status> {
+        self.payload
+            .decode()
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+    }
+
+    /// The value as a JSON tree.
+    pub fn to_json(&self) -> Result<serde_json::Value, Status> {
+        self.decode()
+    }
+
+    /// The capabilities the placeholders refer to.
+    pub fn caps(&self) -> &[Capability] {
+        &self.caps
+    }
+
+    /// Capability `n`, or `invalid_argument` when there is none.
+    pub fn cap(&self, n: usize) -> Result<Capability, Status> {
+        self.caps.get(n).cloned().ok_or_else(|| {
+            Status::new(
+                Code::InvalidArgument,
+                format!("expected a capability at index {n}"),
+            )
+        })
+    }
+
+    /// The encoded payload.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+}
