@@ -1,7 +1,10 @@
 //! The `capwire` command-line tool.
 //!
-//! `capwire frames decode` prints capwire/1 frames read from a file or stdin;
-//! `capwire frames encode` turns JSON frames into framed wire bytes.
+//! `capwire demo` runs a guided tour of a server and a client over a real
+//! socket; `capwire demo serve` serves the demo service; `capwire call`
+//! calls any served method; `capwire frames` decodes and encodes frames.
+
+mod demo;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -27,9 +30,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A 30-second tour: calls, capabilities, callbacks, errors, cancellation,
+    /// deadlines and revocation between a server and a client.
+    Demo {
+        /// Where the demo server listens.
+        #[arg(long, default_value = "tcp://127.0.0.1:0")]
+        listen: String,
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
+    },
+    /// Call a method of a served capability and print the result as JSON.
+    Call {
+        /// Where the server is, e.g. tcp://127.0.0.1:7000.
+        address: String,
+        /// The served name to bootstrap.
+        name: String,
+        /// The method.
+        method: String,
+        /// The arguments as one JSON value (usually an array).
+        #[arg(default_value = "[]")]
+        args: String,
+        /// Give up after this many milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Require this version of the served name.
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Decode and encode capwire/1 frames.
     #[command(subcommand)]
     Frames(FramesCommand),
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Serve the demo service until interrupted.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "tcp://127.0.0.1:7000")]
+        listen: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +132,13 @@ impl From<CodecArg> for Codec {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAPWIRE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -113,6 +160,33 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo { listen, command } => {
+            match command {
+                Some(DemoCommand::Serve { listen }) => {
+                    demo::serve_forever(&listen.parse()?).await?
+                }
+                None => demo::tour(&listen.parse()?).await?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call {
+            address,
+            name,
+            method,
+            args,
+            timeout_ms,
+            version,
+        } => {
+            call(
+                &address,
+                &name,
+                version.as_deref(),
+                &method,
+                &args,
+                timeout_ms,
+            )
+            .await
+        }
         Command::Frames(FramesCommand::Decode {
             input,
             framing,
@@ -136,6 +210,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Frames(FramesCommand::Encode { codec, framing }) => {
             encode(codec.into(), framing.into()).await
+        }
+    }
+}
+
+/// `capwire call`: bootstraps `name` at `address` and calls `method`.
+async fn call(
+    address: &str,
+    name: &str,
+    version: Option<&str>,
+    method: &str,
+    args: &str,
+    timeout_ms: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let args: serde_json::Value =
+        serde_json::from_str(args).with_context(|| format!("arguments are not JSON: {args}"))?;
+    let addr: transport::Address = address.parse()?;
+    let t = transport::connect(&addr, &TransportConfig::default()).await?;
+    let session = capwire::Session::new(
+        t,
+        capwire::Registry::new(),
+        capwire::SessionConfig::default(),
+    );
+    let outcome = async {
+        let cap = session.bootstrap(name, version).await?;
+        let options = match timeout_ms {
+            Some(ms) => capwire::CallOptions::timeout(std::time::Duration::from_millis(ms)),
+            None => capwire::CallOptions::default(),
+        };
+        cap.call_with(method, capwire::Value::new(&args)?, options)
+            .await
+    }
+    .await;
+    session.close().await;
+    match outcome {
+        Ok(value) => {
+            println!("{}", serde_json::to_string_pretty(&value.to_json()?)?);
+            if !value.caps().is_empty() {
+                eprintln!("capwire: the result holds {} capabilities (`{{\"$cap\": n}}`), released on exit", value.caps().len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => {
+            eprintln!("capwire: {status}");
+            if let Some(details) = &status.details {
+                eprintln!("details: {details:?}");
+            }
+            Ok(ExitCode::from(2))
         }
     }
 }

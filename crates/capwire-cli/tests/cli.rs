@@ -135,3 +135,116 @@ fn framing_errors_end_the_input_with_a_clear_message() {
         stderr(&out)
     );
 }
+
+#[test]
+fn demo_tour_runs_every_step() {
+    let out = run(&["demo"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "square(7) = 49",
+        "increment(2) = 7, increment(3) = 10",
+        "incrementCounter(counter, 10) = 20",
+        "callMeBack(fn) = \"callback returned 11\"",
+        "fail() -> error invalid_argument: bad thing",
+        "server handler stopped: true",
+        "error deadline_exceeded",
+        "failed_precondition/revoked",
+        "(failed locally: true)",
+        "closed",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn call_reaches_a_served_method_and_reports_errors() {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["demo", "serve", "--listen", "tcp://127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    assert!(addr.starts_with("tcp://127.0.0.1:"), "{line}");
+
+    let out = run(&["call", &addr, "demo", "square", "[12]"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "144");
+
+    let out = run(
+        &["call", &addr, "demo", "getName", "[7]", "--version", "1.0"],
+        b"",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"user7\"");
+
+    let out = run(&["call", &addr, "demo", "nope"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unimplemented: Demo has no method `nope`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&["call", &addr, "nobody", "square", "[1]"], b"");
+    assert!(
+        stderr(&out).contains("not_found: `nobody` is not served"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&["call", &addr, "demo", "square", "[\"x\"]"], b"");
+    assert!(
+        stderr(&out).contains("invalid_argument"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &[
+            "call",
+            &addr,
+            "demo",
+            "sleep",
+            "[5000]",
+            "--timeout-ms",
+            "50",
+        ],
+        b"",
+    );
+    assert!(
+        stderr(&out).contains("deadline_exceeded"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&["call", &addr, "demo", "square", "not json"], b"");
+    assert!(
+        stderr(&out).contains("arguments are not JSON"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&["call", "tcp://127.0.0.1:1", "demo", "square", "[1]"], b"");
+    assert!(
+        stderr(&out).contains("cannot connect to tcp://127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+}
