@@ -226,10 +226,7 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     let before = session.stats().frames_out;
     let wait = Instant::now();
     let mut r = demo.call("square", Value::new(&(2,))?).await;
-    while r
-        .as_ref()
-        .map_or(false, |_| wait.elapsed() < Duration::from_secs(2))
-    {
+    while r.is_ok() && wait.elapsed() < Duration::from_secs(2) {
         tokio::task::yield_now().await;
         r = demo.call("square", Value::new(&(2,))?).await;
     }
