@@ -124,12 +124,17 @@ pub fn decode_as(codec: Codec, frame: &[u8]) -> Result<Frame, DecodeError> {
     match codec {
         Codec::Json => serde_json::from_slice(frame).map_err(|e| malformed(codec, e.to_string())),
         Codec::Msgpack => {
-            // A cursor reader never allocates more than the bytes actually present,
-            // whatever lengths the input claims.
-            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(frame));
+            // Reading from the slice itself: strings and bins are borrowed
+            // from `frame` (and copied once, into the field that keeps them),
+            // never buffered in between, and a length that claims more bytes
+            // than are present fails before anything is allocated for it.
+            let mut de = rmp_serde::Deserializer::from_read_ref(frame);
             de.set_max_depth(MAX_DECODE_DEPTH);
             let f = Frame::deserialize(&mut de).map_err(|e| malformed(codec, e.to_string()))?;
-            let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+            // The slice reader does not tell how far it read: measure the map
+            // that was just decoded (so it is well formed and at most
+            // `MAX_DECODE_DEPTH` deep).
+            let used = crate::depth::msgpack_value_len(frame).unwrap_or(frame.len());
             if used < frame.len() {
                 let extra = frame.len() - used;
                 return Err(malformed(

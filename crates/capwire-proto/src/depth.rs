@@ -14,7 +14,7 @@ impl Payload {
     }
 }
 
-fn json_exceeds(text: &[u8], limit: usize) -> bool {
+pub(crate) fn json_exceeds(text: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -57,7 +57,31 @@ fn len_of(buf: &mut &[u8], width: usize) -> Option<u64> {
     Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
-fn msgpack_exceeds(mut buf: &[u8], limit: usize) -> bool {
+fn msgpack_exceeds(buf: &[u8], limit: usize) -> bool {
+    matches!(msgpack_scan(buf, limit), Scan::TooDeep)
+}
+
+/// The length in bytes of the MessagePack value at the start of `buf`, or
+/// `None` when it is malformed or truncated. Reads no more than the value and
+/// allocates a word per level of nesting.
+pub(crate) fn msgpack_value_len(buf: &[u8]) -> Option<usize> {
+    match msgpack_scan(buf, usize::MAX) {
+        Scan::Len(n) => Some(n),
+        Scan::TooDeep | Scan::Malformed => None,
+    }
+}
+
+enum Scan {
+    /// The value ends after this many bytes.
+    Len(usize),
+    /// The value nests deeper than the limit.
+    TooDeep,
+    /// Malformed or truncated before the limit was reached.
+    Malformed,
+}
+
+fn msgpack_scan(input: &[u8], limit: usize) -> Scan {
+    let mut buf = input;
     // Each entry: values still to read at that level. Its length is the depth + 1.
     let mut pending: Vec<u64> = vec![1];
     while let Some(top) = pending.last_mut() {
@@ -67,7 +91,7 @@ fn msgpack_exceeds(mut buf: &[u8], limit: usize) -> bool {
         }
         *top -= 1;
         let Some(&marker) = buf.first() else {
-            return false;
+            return Scan::Malformed;
         };
         buf = &buf[1..];
         let container = match marker {
@@ -100,19 +124,24 @@ fn msgpack_exceeds(mut buf: &[u8], limit: usize) -> bool {
                 };
                 match skip.and_then(|n| usize::try_from(n).ok()) {
                     Some(n) if take(&mut buf, n).is_some() => {}
-                    _ => return false,
+                    _ => return Scan::Malformed,
                 }
                 None
             }
         };
-        if let Some(n) = container {
-            pending.push(n);
-            if pending.len() - 1 > limit {
-                return true;
+        match container {
+            Some(n) => {
+                pending.push(n);
+                if pending.len() - 1 > limit {
+                    return Scan::TooDeep;
+                }
             }
+            // A container header cut short.
+            None if matches!(marker, 0xdc..=0xdf) => return Scan::Malformed,
+            None => {}
         }
     }
-    false
+    Scan::Len(input.len() - buf.len())
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@
 
 pub mod codec;
 mod depth;
+mod details;
 pub mod frame;
 pub mod framing;
 pub mod payload;

@@ -20,6 +20,9 @@ use crate::codec::{Codec, DecodeError, EncodeError, MAX_DECODE_DEPTH};
 ///
 /// Capability references inside a value are placeholders `{"$cap": n}` that
 /// index the frame's `caps` table (see `docs/protocol.md`).
+///
+/// [`Status::details`](crate::Status::details) are kept as a payload too, but
+/// are written inline in both codecs (never as a `bin`); see there.
 #[derive(Clone)]
 pub enum Payload {
     /// Inline JSON text.
@@ -102,6 +105,19 @@ impl Payload {
     }
 
     /// The value as a JSON tree, for display and for dynamic callers.
+    ///
+    /// # Memory
+    ///
+    /// A `serde_json::Value` tree can be far bigger than the encoding it comes
+    /// from, and nothing here bounds that beyond the nesting depth
+    /// ([`MAX_DECODE_DEPTH`]): every map becomes a B-tree node of a few hundred
+    /// bytes, so a payload of one-entry maps nested two MessagePack bytes per
+    /// level (`81 a0 81 a0 ... c0`) takes about 315 bytes per input byte, and
+    /// `[[],[],...]` about 80. That is inherent to the tree, and it is why
+    /// frame decoding never calls this (payloads and status details stay
+    /// encoded). Callers that decode values from a peer should prefer
+    /// [`Payload::decode`] into a type of their own, or bound the payload's
+    /// size (and [`Payload::exceeds_depth`]) before asking for a tree.
     pub fn to_json(&self) -> Result<serde_json::Value, DecodeError> {
         self.decode()
     }

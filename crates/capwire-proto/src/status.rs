@@ -5,6 +5,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Codec;
+use crate::details;
+use crate::payload::Payload;
+
 /// The closed set of outcomes a call, stream or connection can end with.
 ///
 /// The string names (`Code::as_str`) are stable wire names; the numeric values
@@ -162,7 +166,17 @@ impl fmt::Display for Reason {
 }
 
 /// An error as it travels on the wire: code, message, optional reason and details.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// # Equality
+///
+/// Two statuses are equal when code, message and reason are equal and their
+/// details are the same *JSON value* (as [`Status::details_json`] decodes
+/// them), whatever their codec or encoding: `{"a":1,"b":2}` in JSON equals
+/// the same map in MessagePack, and equals `{"b":2,"a":1}`. Absent and `null`
+/// details are equal. Details with the same codec and bytes compare without
+/// decoding; otherwise comparing decodes both sides, so it is meant for tests
+/// and diagnostics, not for hot paths.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// What kind of failure this is.
     pub code: Code,
@@ -173,8 +187,50 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     /// Free-form structured details (e.g. the limit that was hit and its value).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
+    ///
+    /// Kept encoded, as received (or as [`Status::with_details`] encoded
+    /// them), and decoded only on demand by [`Status::details_json`]: a
+    /// decoded tree can be hundreds of times bigger than its encoding, and
+    /// details come from the peer. Decoding a frame checks that the details
+    /// are a valid JSON value nested at most 124 deep (what the frame depth
+    /// limit leaves below a status), so [`Status::details_json`] succeeds on
+    /// any received status.
+    ///
+    /// On the wire the details are inline in either codec (a JSON value, or a
+    /// native MessagePack value: not a `bin` like call payloads); encoding a
+    /// frame streams them into it without decoding them into a tree. `null`
+    /// is read as absent and not written.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::details::is_absent",
+        serialize_with = "crate::details::serialize",
+        deserialize_with = "crate::details::deserialize"
+    )]
+    pub details: Option<Payload>,
+}
+
+impl PartialEq for Status {
+    fn eq(&self, other: &Status) -> bool {
+        self.code == other.code
+            && self.message == other.message
+            && self.reason == other.reason
+            && details_eq(self.details.as_ref(), other.details.as_ref())
+    }
+}
+
+/// Details are equal when they are the same JSON value (see [`Status`]).
+fn details_eq(a: Option<&Payload>, b: Option<&Payload>) -> bool {
+    let a = a.filter(|p| !details::is_null(p));
+    let b = b.filter(|p| !details::is_null(p));
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => match (a.to_json(), b.to_json()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 impl Status {
@@ -194,10 +250,35 @@ impl Status {
         self
     }
 
-    /// Adds structured details.
+    /// Adds structured details, encoded once here (as MessagePack). `null`
+    /// means no details.
     pub fn with_details(mut self, details: serde_json::Value) -> Status {
-        self.details = Some(details);
+        self.details = if details.is_null() {
+            None
+        } else {
+            // Encoding a `serde_json::Value` cannot fail in either codec (its
+            // map keys are strings and its numbers finite); JSON is the fallback.
+            Payload::encode(Codec::Msgpack, &details)
+                .or_else(|_| Payload::encode(Codec::Json, &details))
+                .ok()
+        };
         self
+    }
+
+    /// The details decoded into a JSON tree, or `None` when there are none
+    /// (or they are `null`).
+    ///
+    /// Decoding happens on every call. The tree can be much larger than the
+    /// encoded details (see [`Payload::to_json`]); callers that know the
+    /// shape they expect can decode `details` into their own type with
+    /// [`Payload::decode`] instead. Details built by hand as a [`Payload`]
+    /// that does not decode also give `None`; received details always decode.
+    pub fn details_json(&self) -> Option<serde_json::Value> {
+        self.details
+            .as_ref()?
+            .to_json()
+            .ok()
+            .filter(|v| !v.is_null())
     }
 
     /// `resource_exhausted` naming the limit that was hit.
@@ -257,6 +338,55 @@ mod tests {
         }
         assert_eq!(Code::from_name("bogus"), None);
         assert_eq!(Code::from_u8(14), None);
+    }
+
+    #[test]
+    fn details_are_kept_encoded_and_decoded_on_demand() {
+        let s = Status::limit(Reason::MAX_CONCURRENT_CALLS, 256);
+        assert_eq!(s.details_json(), Some(serde_json::json!({"limit": 256})));
+        assert_eq!(s.details.as_ref().map(Payload::codec), Some(Codec::Msgpack));
+        // `null` details are no details.
+        let none = Status::new(Code::Internal, "x").with_details(serde_json::Value::Null);
+        assert!(none.details.is_none());
+        assert_eq!(none.details_json(), None);
+        let null = Status {
+            details: Some(Payload::null(Codec::Json)),
+            ..Status::new(Code::Internal, "x")
+        };
+        assert_eq!(null.details_json(), None);
+        assert_eq!(null, none);
+        // Details that do not decode (only possible when built by hand) give `None`.
+        let bad = Status {
+            details: Some(Payload::Msgpack(bytes::Bytes::from_static(&[0xc1]))),
+            ..Status::new(Code::Internal, "x")
+        };
+        assert_eq!(bad.details_json(), None);
+    }
+
+    #[test]
+    fn details_compare_as_json_values() {
+        let json = |text: &str| {
+            Some(Payload::Json(
+                serde_json::value::RawValue::from_string(text.to_owned()).expect("raw"),
+            ))
+        };
+        let with = |details| Status {
+            details,
+            ..Status::new(Code::Internal, "x")
+        };
+        let v = serde_json::json!({"a": 1, "b": [true, "s"]});
+        let m = with(Some(Payload::encode(Codec::Msgpack, &v).expect("encode")));
+        assert_eq!(m, with(json(r#"{"a":1,"b":[true,"s"]}"#)));
+        assert_eq!(m, with(json(r#"{ "b": [true, "s"], "a": 1 }"#)));
+        assert_eq!(m, Status::new(Code::Internal, "x").with_details(v));
+        assert_ne!(m, with(json(r#"{"a":2,"b":[true,"s"]}"#)));
+        assert_ne!(m, with(None));
+        assert_ne!(with(json("1")), with(json("\"1\"")));
+        assert_ne!(
+            m,
+            Status::new(Code::Internal, "y")
+                .with_details(serde_json::json!({"a": 1, "b": [true, "s"]}))
+        );
     }
 
     #[test]

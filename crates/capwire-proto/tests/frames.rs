@@ -54,14 +54,16 @@ fn arb_status() -> impl Strategy<Value = Status> {
         prop::sample::select(Code::ALL.to_vec()),
         ".{0,16}",
         prop::option::of("[a-z_]{1,12}"),
-        prop::option::of(arb_json()),
+        prop::option::of((arb_json(), arb_codec())),
     )
         .prop_map(|(code, message, reason, details)| Status {
             code,
             message,
             reason: reason.map(Reason::new),
-            // `"details": null` means the same as no details.
-            details: details.filter(|d| !d.is_null()),
+            // Details in either codec, whatever the frame's: they are written
+            // inline in the frame's codec, and compare as JSON values. A null
+            // is kept here: it means the same as no details.
+            details: details.map(|(d, codec)| Payload::encode(codec, &d).expect("encode details")),
         })
 }
 
@@ -281,4 +283,200 @@ fn bad_input_gets_a_clear_error() {
         0x81, 0xa4, b'p', b'i', b'n', b'g', 0xc6, 0xff, 0xff, 0xff, 0xff,
     ];
     assert!(codec::decode(&huge).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Status details: kept encoded, checked like a `serde_json::Value`.
+
+/// A MessagePack `result` frame whose error status has `details`.
+fn mp_result_with_details(details: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x81, 0xa6];
+    out.extend_from_slice(b"result");
+    out.extend_from_slice(&[0x82, 0xa2, b'i', b'd', 0x01, 0xa3, b'e', b'r', b'r', 0x83]);
+    out.extend_from_slice(&[0xa4, b'c', b'o', b'd', b'e', 0xa8]);
+    out.extend_from_slice(b"internal");
+    out.extend_from_slice(&[0xa7]);
+    out.extend_from_slice(b"message");
+    out.push(0xa0);
+    out.extend_from_slice(&[0xa7]);
+    out.extend_from_slice(b"details");
+    out.extend_from_slice(details);
+    out
+}
+
+fn json_result_with_details(details: &str) -> String {
+    format!(
+        r#"{{"result":{{"id":1,"err":{{"code":"internal","message":"","details":{details}}}}}}}"#
+    )
+}
+
+fn status_of(frame: Frame) -> Status {
+    match frame {
+        Frame::Result(CallResult {
+            outcome: Outcome::Err(status),
+            ..
+        }) => status,
+        other => panic!("not an error result: {other:?}"),
+    }
+}
+
+#[test]
+fn msgpack_details_decode_exactly_when_a_json_value_would() {
+    let cases: &[&[u8]] = &[
+        &[0xc0],
+        &[0x01],
+        &[
+            0x82, 0xa1, b'b', 0x01, 0xa1, b'a', 0x92, 0xd0, 0x80, 0xa2, 0xc3, 0xa9,
+        ],
+        // f32, NaN, a 64-bit negative integer, a positive one written as i64.
+        &[
+            0x94, 0xca, 0x3f, 0xc0, 0x00, 0x00, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0, 0xd3, 0xff,
+            0xff, 0xff, 0xff, 0, 0, 0, 0, 0xd3, 0, 0, 0, 0, 0, 0, 0, 5,
+        ],
+        // A repeated key: the last one wins, as in a `Value`.
+        &[0x82, 0xa1, b'k', 0x01, 0xa1, b'k', 0x02],
+        // What a `Value` cannot hold, or cannot read.
+        &[0xc4, 0x01, 0x00],
+        &[0xd4, 0x01, 0x00],
+        &[0x81, 0x01, 0x02],
+        &[0xa1, 0xff],
+        &[0x81, 0xa1, 0xff, 0x01],
+        &[0x92, 0x01],
+        &[0xc1],
+        &[0xdd, 0xff, 0xff, 0xff, 0xff],
+        &[0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, b'k'],
+        &[0xdb, 0xff, 0xff, 0xff, 0xff, b'x'],
+    ];
+    for details in cases {
+        let frame = mp_result_with_details(details);
+        let mut de = rmp_serde::Deserializer::from_read_ref(details);
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(&mut de);
+        match (codec::decode(&frame), value) {
+            (Ok((frame, _)), Ok(value)) => {
+                let status = status_of(frame);
+                assert_eq!(
+                    status.details_json(),
+                    Some(value).filter(|v| !v.is_null()),
+                    "{details:02x?}"
+                );
+            }
+            (Err(e), Err(value_err)) => assert_eq!(
+                e.to_string(),
+                format!("malformed msgpack frame: {value_err}"),
+                "{details:02x?}"
+            ),
+            (frame, value) => panic!("{details:02x?}: frame {frame:?}, value {value:?}"),
+        }
+    }
+}
+
+#[test]
+fn json_details_decode_exactly_when_a_json_value_would() {
+    let cases = [
+        "null",
+        "1",
+        r#"{"b":1,"a":[1.5,-2,"\u00e9",true]}"#,
+        r#"{"k":1,"k":2}"#,
+        "1e308",
+        // Refused values: numbers out of range, lone surrogates, control characters.
+        "1e400",
+        r#""\ud800""#,
+        "\"\u{1}\"",
+        // Syntax errors (their texts may differ: the value is skipped, not parsed).
+        "[1,]",
+        r#"{"a" 1}"#,
+        "nul",
+    ];
+    for details in cases {
+        let text = json_result_with_details(details);
+        let value = serde_json::from_str::<serde_json::Value>(details);
+        match (codec::decode(text.as_bytes()), value) {
+            (Ok((frame, _)), Ok(value)) => {
+                let status = status_of(frame);
+                assert_eq!(
+                    status.details_json(),
+                    Some(value).filter(|v| !v.is_null()),
+                    "{details}"
+                );
+            }
+            (Err(e), Err(value_err)) => {
+                let e = e.to_string();
+                assert!(e.starts_with("malformed json frame: "), "{details}: {e}");
+                if value_err.is_data() {
+                    // Same reason; the position is the one in the frame.
+                    let position = format!(
+                        " at line {} column {}",
+                        value_err.line(),
+                        value_err.column()
+                    );
+                    let reason = value_err.to_string();
+                    let reason = reason.strip_suffix(&position).expect("position");
+                    assert!(e.contains(reason), "{details}: {e} vs {reason}");
+                }
+            }
+            (frame, value) => panic!("{details}: frame {frame:?}, value {value:?}"),
+        }
+    }
+}
+
+#[test]
+fn details_nest_as_deep_as_before_and_no_deeper() {
+    // The frame depth limit leaves 124 levels below a status, in both codecs.
+    for (depth, ok) in [(124, true), (125, false)] {
+        let mut mp = vec![0x91; depth];
+        mp.push(0x01);
+        let json = "[".repeat(depth) + "1" + &"]".repeat(depth);
+        let results = [
+            codec::decode(&mp_result_with_details(&mp)).map(|_| ()),
+            codec::decode(json_result_with_details(&json).as_bytes()).map(|_| ()),
+        ];
+        for result in results {
+            match result {
+                Ok(()) => assert!(ok, "depth {depth} accepted"),
+                Err(e) => {
+                    assert!(!ok, "depth {depth}: {e}");
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("depth limit exceeded")
+                            || e.contains("recursion limit exceeded"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn details_are_inline_in_both_codecs_and_keep_their_order() {
+    // JSON: the exact text comes back out, key order and whitespace included.
+    let text = json_result_with_details(r#"{"b": 1, "a": [2.5, "x"]}"#);
+    let (frame, _) = codec::decode(text.as_bytes()).expect("decode");
+    assert_eq!(
+        codec::encode(&frame, Codec::Json).expect("encode"),
+        text.as_bytes()
+    );
+    // MessagePack: a native value, never a `bin`, keys in the order received.
+    let mp = codec::encode(&frame, Codec::Msgpack).expect("encode");
+    let details = [
+        0x82, 0xa1, b'b', 0x01, 0xa1, b'a', 0x92, 0xcb, 0x40, 0x04, 0, 0, 0, 0, 0, 0, 0xa1, b'x',
+    ];
+    assert_eq!(mp, mp_result_with_details(&details));
+    let (back, _) = codec::decode(&mp).expect("decode");
+    assert_eq!(back, frame, "equal as JSON values");
+    assert_eq!(
+        String::from_utf8(codec::encode(&back, Codec::Json).expect("encode")).expect("utf8"),
+        json_result_with_details(r#"{"b":1,"a":[2.5,"x"]}"#)
+    );
+    // `null` details read as absent and are not written.
+    for frame in [
+        codec::decode(json_result_with_details("null").as_bytes()),
+        codec::decode(&mp_result_with_details(&[0xc0])),
+    ] {
+        let (frame, _) = frame.expect("decode");
+        let status = status_of(frame.clone());
+        assert!(status.details.is_none());
+        let text = codec::encode(&frame, Codec::Json).expect("encode");
+        assert!(!String::from_utf8_lossy(&text).contains("details"));
+    }
 }

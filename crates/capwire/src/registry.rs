@@ -183,13 +183,14 @@ impl Registry {
                         generation,
                     },
                 );
-                replaced.extend(old.map(|o| o.generation));
+                // Dropped after the lock: an object's `Drop` may use the registry.
+                replaced.extend(old);
                 handles.push(self.handle(name, Some(generation)));
             }
             handles
         };
-        for generation in replaced {
-            self.notify(generation);
+        for old in replaced {
+            self.notify(old.generation);
         }
         Ok(handles)
     }
@@ -202,8 +203,11 @@ impl Registry {
         version: &str,
         object: O,
     ) -> Result<ServeHandle, Status> {
-        {
-            let entries = self.lock();
+        check_name(name)?;
+        let (handle, old) = {
+            // One lock for the check and the swap: a concurrent serve or
+            // replace cannot slip a different version in between.
+            let mut entries = self.lock();
             match entries.get(name) {
                 None => {
                     return Err(Status::new(
@@ -220,8 +224,21 @@ impl Registry {
                 }
                 Some(_) => {}
             }
+            let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+            let old = entries.insert(
+                name.to_owned(),
+                Served {
+                    version: version.to_owned(),
+                    object: Arc::new(object),
+                    generation,
+                },
+            );
+            (self.handle(name.to_owned(), Some(generation)), old)
+        };
+        if let Some(old) = old {
+            self.notify(old.generation);
         }
-        self.serve_with(name, version, Arc::new(object), IfExists::Replace)
+        Ok(handle)
     }
 
     /// Stops serving `name` and revokes it everywhere. Returns whether it was served.
@@ -269,11 +286,11 @@ impl Registry {
         let removed = {
             let mut entries = self.lock();
             match entries.get(name) {
-                Some(s) if s.generation == generation => entries.remove(name).is_some(),
-                _ => false,
+                Some(s) if s.generation == generation => entries.remove(name),
+                _ => None,
             }
         };
-        if removed {
+        if removed.is_some() {
             self.notify(generation);
         }
     }

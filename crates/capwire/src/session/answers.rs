@@ -70,6 +70,11 @@ impl Answers {
         }
     }
 
+    /// For a running answer, why it was stopped, if it was.
+    pub(crate) fn stopped(&self, id: u64) -> Option<Option<Status>> {
+        self.entries.get(&id).map(|a| a.stopped.clone())
+    }
+
     pub(crate) fn remove(&mut self, id: u64) -> Option<Answer> {
         self.entries.remove(&id)
     }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use capwire_proto::{Reason, Status, FIRST_EXPORT_CAP};
+use capwire_proto::{CapDescriptor, Reason, Status, FIRST_EXPORT_CAP};
 
 use crate::object::Object;
 
@@ -18,6 +18,10 @@ pub(crate) struct Export {
 #[derive(Default)]
 pub(crate) struct Exports {
     entries: HashMap<u64, Export>,
+    /// Revoked ids -> introductions the peer has not released yet. The object
+    /// is gone; the count stays until the peer's releases bring it to 0, so a
+    /// release that crossed the `revoked` frame is not a violation ([S23]).
+    revoked: HashMap<u64, u64>,
     /// Object address -> id, so an object exported twice keeps one id.
     by_object: HashMap<usize, u64>,
     next: u64,
@@ -28,8 +32,9 @@ fn key(object: &Arc<dyn Object>) -> usize {
 }
 
 impl Exports {
+    /// Entries in the table, revoked ones still counted by the peer included.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.revoked.len()
     }
 
     /// Exports `object` (or counts one more introduction of it) and returns its id.
@@ -45,7 +50,9 @@ impl Exports {
                 return Ok(*id);
             }
         }
-        if self.entries.len() >= max {
+        // Revoked entries count too: a peer that never releases them cannot
+        // make the table grow without bound.
+        if self.len() >= max {
             return Err(Status::limit(Reason::MAX_CAPS_PER_CONNECTION, max as u64));
         }
         if self.next < FIRST_EXPORT_CAP {
@@ -72,26 +79,50 @@ impl Exports {
     /// Drops `n` introductions of `id`. Releasing more than were made is the
     /// peer's protocol error.
     pub(crate) fn release(&mut self, id: u64, n: u32) -> Result<(), Status> {
-        let Some(e) = self.entries.get_mut(&id) else {
-            return Err(Status::protocol_violation(format!(
-                "release of capability {id}, which is not exported"
-            )));
-        };
         let n = u64::from(n);
-        if n == 0 || n > e.refs {
+        if n == 0 {
+            return Ok(());
+        }
+        let refs = match (self.entries.get_mut(&id), self.revoked.get_mut(&id)) {
+            (Some(e), _) => &mut e.refs,
+            (None, Some(refs)) => refs,
+            (None, None) => {
+                return Err(Status::protocol_violation(format!(
+                    "release of capability {id}, which is not exported"
+                )))
+            }
+        };
+        if n > *refs {
             return Err(Status::protocol_violation(format!(
-                "release of {n} references to capability {id}, which has {}",
-                e.refs
+                "release of {n} references to capability {id}, which has {refs}"
             )));
         }
-        e.refs -= n;
-        if e.refs == 0 {
+        *refs -= n;
+        if *refs == 0 {
+            self.revoked.remove(&id);
             self.remove(id);
         }
         Ok(())
     }
 
-    /// Removes every export of registry generation `generation`; returns their ids.
+    /// Takes back one introduction of each export descriptor in `sent`: the
+    /// frame carrying them was never sent.
+    pub(crate) fn unsend(&mut self, sent: &[CapDescriptor]) {
+        for d in sent {
+            if let CapDescriptor::Export(id) = d {
+                // Cannot fail: the introduction was counted just before.
+                let _ = self.release(*id, 1);
+            }
+        }
+    }
+
+    /// True while `id` is revoked and the peer still holds references to it.
+    pub(crate) fn is_revoked(&self, id: u64) -> bool {
+        self.revoked.contains_key(&id)
+    }
+
+    /// Revokes every export of registry generation `generation`: the objects
+    /// are dropped, the counts kept until released. Returns their ids.
     pub(crate) fn revoke_generation(&mut self, generation: u64) -> Vec<u64> {
         let ids: Vec<u64> = self
             .entries
@@ -100,6 +131,9 @@ impl Exports {
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
+            if let Some(e) = self.entries.get(id) {
+                self.revoked.insert(*id, e.refs);
+            }
             self.remove(*id);
         }
         ids
@@ -113,6 +147,7 @@ impl Exports {
 
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
+        self.revoked.clear();
         self.by_object.clear();
     }
 }

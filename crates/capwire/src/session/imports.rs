@@ -67,8 +67,9 @@ impl Imports {
         self.entries.remove(&id).map(|e| e.intros)
     }
 
-    pub(crate) fn remove(&mut self, id: u64) {
-        self.entries.remove(&id);
+    /// Forgets `id` (the peer revoked it); returns the introductions to release.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
+        self.entries.remove(&id).map(|e| e.intros)
     }
 
     pub(crate) fn clear(&mut self) {

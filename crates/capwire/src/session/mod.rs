@@ -12,6 +12,7 @@ mod questions;
 mod runtime;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use capwire_proto::{
     PROTOCOL_VERSION, RUNTIME_CAP,
 };
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,8 +47,8 @@ use questions::Questions;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Capabilities exported to the peer at once. Default 1024
-    /// (`max_caps_per_connection`).
+    /// Capabilities exported to the peer at once, revoked ones the peer has
+    /// not released yet included. Default 1024 (`max_caps_per_connection`).
     pub max_exports: usize,
     /// Calls from the peer running at once. Default 1024 (`max_concurrent_calls`).
     pub max_in_flight_in: usize,
@@ -86,7 +87,8 @@ pub struct SessionConfig {
     /// Extra time the callee gives a call past its deadline before stopping
     /// it, so the caller's own timeout fires first. Default 500 ms.
     pub deadline_grace: Duration,
-    /// How long `close` lets running calls finish. Default 5 s.
+    /// How long `close` lets calls in flight finish, both the peer's and this
+    /// side's own. Default 5 s.
     pub close_grace: Duration,
     /// Events buffered per subscriber before the oldest are dropped. Default 1024.
     pub event_buffer: usize,
@@ -154,6 +156,8 @@ struct State {
     ended: Option<Status>,
     /// Set when either side sent goaway: no new calls are started.
     draining: Option<Status>,
+    /// The status of the peer's goaway, which the end of the session reports.
+    peer_goaway: Option<Status>,
     pings: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
     next_ping: u64,
 }
@@ -171,7 +175,29 @@ pub(crate) struct Shared {
     runtime: Arc<dyn Object>,
     /// Dropped import handles, processed by the release task.
     releases: mpsc::UnboundedSender<(u64, u64)>,
+    /// Largest frame the peer announced it accepts; unlimited until its hello.
+    peer_max_frame: AtomicUsize,
+    /// Frames waiting for room in the transport queue (see `send_nowait`).
+    overflow: Arc<Overflow>,
+    /// Notified whenever a question or an answer leaves its table.
+    settled: Notify,
 }
+
+/// Frames sent from code that cannot wait, which found the transport queue
+/// full: each waits in a task of its own. The reader stops reading while more
+/// than [`MAX_OVERFLOW`] wait, so a peer that keeps sending without reading
+/// what it is sent slows down instead of making this side buffer without bound.
+#[derive(Default)]
+struct Overflow {
+    waiting: AtomicUsize,
+    drained: Notify,
+}
+
+/// Overflowing frames the reader tolerates before it stops reading.
+const MAX_OVERFLOW: usize = 64;
+
+/// Longest `goaway` message sent: decoder errors may quote the peer's input.
+const MAX_GOAWAY_MESSAGE: usize = 256;
 
 /// One connection's capability session. Cheap to clone; the connection
 /// stays open while the peer keeps it open, even with no handle left here.
@@ -217,6 +243,7 @@ impl Session {
                 revoked_exports: RevokedIds::new(limits.max_revoked_remembered),
                 ended: None,
                 draining: None,
+                peer_goaway: None,
                 pings: HashMap::new(),
                 next_ping: 0,
             }),
@@ -230,6 +257,9 @@ impl Session {
             closed: CancellationToken::new(),
             sender,
             releases,
+            peer_max_frame: AtomicUsize::new(usize::MAX),
+            overflow: Arc::default(),
+            settled: Notify::new(),
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
@@ -308,30 +338,44 @@ impl Session {
         &self.shared.attestation
     }
 
-    /// Closes gracefully: tells the peer (`goaway`), lets running calls finish
-    /// for up to the configured grace period, fails what is left with
-    /// `unavailable`, and closes the transport.
+    /// Closes gracefully: tells the peer (`goaway`), stops making calls, lets
+    /// the calls in flight both ways finish for up to the configured grace
+    /// period, fails what is left with `unavailable`, and closes the transport.
     pub async fn close(&self) {
-        let grace = self.shared.config.close_grace;
-        let status = Status::unavailable("the session is closing");
+        let shared = &self.shared;
+        let grace = shared.config.close_grace;
         {
-            let mut st = self.shared.lock();
+            let mut st = shared.lock();
             if st.ended.is_some() {
                 return;
             }
-            st.draining.get_or_insert(status.clone());
+            st.draining
+                .get_or_insert(Status::unavailable("the session is closing"));
         }
+        let deadline = Instant::now() + grace;
         let goaway = Goaway {
             status: Status::new(Code::Ok, "closing"),
             grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
         };
-        let _ = self.shared.send(Frame::Goaway(goaway)).await;
-        let deadline = Instant::now() + grace;
-        while self.shared.lock().answers.len() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5).min(grace)).await;
+        // Bounded like the rest: a peer that does not read cannot hold the close.
+        let _ = tokio::time::timeout_at(deadline, shared.send(Frame::Goaway(goaway))).await;
+        loop {
+            let settled = shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let st = shared.lock();
+                if st.ended.is_some() || (st.answers.len() == 0 && st.questions.len() == 0) {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = settled => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shared.closed.cancelled() => break,
+            }
         }
-        self.shared
-            .shutdown(Status::unavailable("the session was closed"));
+        shared.shutdown(Status::unavailable("the session was closed"));
     }
 
     /// Resolves when the session has ended, with the reason.
@@ -345,18 +389,45 @@ impl Session {
     }
 }
 
-/// Sends `cancel` if the caller stops waiting before the answer arrived.
+/// The caller's end of one question: sends `cancel` if the caller stops
+/// waiting before the answer arrived, and records the outcome exactly once
+/// (a dropped call future counts as `cancelled`).
 struct QuestionGuard {
     shared: Arc<Shared>,
     id: u64,
-    armed: bool,
+    cap: u64,
+    method: String,
+    started: Instant,
+    /// The question is in the table and the peer may be running it.
+    pending: bool,
+    /// The outcome is in the counters and was emitted.
+    recorded: bool,
+}
+
+impl QuestionGuard {
+    fn record(&mut self, outcome: Code) {
+        self.recorded = true;
+        self.shared.counters.call_done(outcome);
+        self.shared.emit(Event::Call {
+            direction: Direction::Outgoing,
+            cap: self.cap,
+            method: std::mem::take(&mut self.method),
+            id: self.id,
+            duration: self.started.elapsed(),
+            outcome,
+        });
+    }
 }
 
 impl Drop for QuestionGuard {
     fn drop(&mut self) {
-        if self.armed && self.shared.lock().questions.remove(self.id).is_some() {
+        if self.pending && self.shared.lock().questions.remove(self.id).is_some() {
             self.shared
                 .send_nowait(Frame::Cancel(Cancel { id: self.id }));
+            self.shared.settled.notify_waiters();
+        }
+        if !self.recorded {
+            self.record(Code::Cancelled);
         }
     }
 }
@@ -384,49 +455,102 @@ impl Shared {
         }
     }
 
-    fn encode(&self, frame: &Frame) -> Result<Bytes, Status> {
-        codec::encode(frame, self.codec)
-            .map(Bytes::from)
-            .map_err(|e| Status::new(Code::Internal, format!("cannot encode {}: {e}", frame.op())))
+    /// The largest frame this side may send: its own limit, or the peer's
+    /// announced one if smaller ([S2]).
+    fn frame_limit(&self) -> usize {
+        self.sender
+            .max_frame_bytes()
+            .min(self.peer_max_frame.load(Ordering::Relaxed))
     }
 
-    fn count_out(&self, bytes: &Bytes) {
-        self.counters
-            .frames_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Encodes `frame`, refusing one over the frame limit: it is never sent.
+    fn encode(&self, frame: &Frame) -> Result<Bytes, Status> {
+        let bytes = codec::encode(frame, self.codec)
+            .map(Bytes::from)
+            .map_err(|e| {
+                Status::new(Code::Internal, format!("cannot encode {}: {e}", frame.op()))
+            })?;
+        let limit = self.frame_limit();
+        if bytes.len() > limit {
+            return Err(Status::limit(Reason::MAX_FRAME_BYTES, limit as u64)
+                .with_details(serde_json::json!({ "limit": limit, "frame_bytes": bytes.len() })));
+        }
+        Ok(bytes)
+    }
+
+    fn count_out(&self, len: usize) {
+        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_out
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(len as u64, Ordering::Relaxed);
     }
 
     async fn send(&self, frame: Frame) -> Result<(), Status> {
         let bytes = self.encode(&frame)?;
-        self.count_out(&bytes);
+        let len = bytes.len();
         self.sender.send(bytes).await.map_err(|e| match e {
-            TransportError::Framing(fe) => Status::limit(
-                Reason::MAX_FRAME_BYTES,
-                self.sender.max_frame_bytes() as u64,
-            )
-            .with_details(serde_json::json!({ "error": fe.to_string() })),
+            // `encode` checked the size already; kept for a transport that disagrees.
+            TransportError::Framing(fe) => {
+                Status::limit(Reason::MAX_FRAME_BYTES, self.frame_limit() as u64)
+                    .with_details(serde_json::json!({ "error": fe.to_string() }))
+            }
             other => Status::unavailable(format!("cannot send: {other}")),
-        })
+        })?;
+        self.count_out(len);
+        Ok(())
     }
 
     /// Sends from code that cannot wait (drops, the reader). Frames sent this
     /// way may overtake queued ones only when the queue is full; every such
-    /// frame (release, cancel, pong, an error answer) is order-independent.
-    fn send_nowait(self: &Arc<Self>, frame: Frame) {
-        let Ok(bytes) = self.encode(&frame) else {
-            return;
+    /// frame (release, cancel, pong, revoked, an error answer) is
+    /// order-independent. A frame that cannot be sent at all is dropped.
+    fn send_nowait(&self, frame: Frame) {
+        let bytes = match self.encode(&frame) {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                tracing::warn!(op = frame.op(), %status, "dropping a frame that cannot be sent");
+                return;
+            }
         };
-        self.count_out(&bytes);
+        let len = bytes.len();
         match self.sender.try_send(bytes) {
-            Ok(None) | Err(_) => {}
+            Ok(None) => self.count_out(len),
+            Err(_) => {}
             Ok(Some(bytes)) => {
+                // Revocations can come from a thread outside the runtime.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    tracing::warn!(
+                        op = frame.op(),
+                        "queue full outside the runtime; frame dropped"
+                    );
+                    return;
+                };
+                self.count_out(len);
                 let sender = self.sender.clone();
-                tokio::spawn(async move {
+                let overflow = self.overflow.clone();
+                overflow.waiting.fetch_add(1, Ordering::AcqRel);
+                runtime.spawn(async move {
                     let _ = sender.send(bytes).await;
+                    overflow.waiting.fetch_sub(1, Ordering::AcqRel);
+                    overflow.drained.notify_waiters();
                 });
+            }
+        }
+    }
+
+    /// Waits while too many frames overflowed the transport queue (see
+    /// [`Overflow`]); the reader calls it between frames.
+    async fn backpressure(&self) {
+        loop {
+            let drained = self.overflow.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.overflow.waiting.load(Ordering::Acquire) <= MAX_OVERFLOW {
+                return;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => return,
             }
         }
     }
@@ -464,34 +588,51 @@ impl Shared {
     }
 
     /// Turns the capabilities of an outgoing value into descriptors, exporting
-    /// local objects.
+    /// local objects. All or nothing: if one cannot be exported (the export
+    /// limit), the introductions counted for the others are taken back.
     fn describe_caps(
         self: &Arc<Self>,
         st: &mut State,
         caps: &[Capability],
     ) -> Result<Vec<CapDescriptor>, Status> {
+        let mut described = Vec::with_capacity(caps.len());
+        for cap in caps {
+            match self.describe_cap(st, cap) {
+                Ok(d) => described.push(d),
+                Err(status) => {
+                    st.exports.unsend(&described);
+                    return Err(status);
+                }
+            }
+        }
+        Ok(described)
+    }
+
+    fn describe_cap(
+        self: &Arc<Self>,
+        st: &mut State,
+        cap: &Capability,
+    ) -> Result<CapDescriptor, Status> {
         let max = self.config.limits.max_exports;
-        caps.iter()
-            .map(|cap| match &cap.kind {
-                CapKind::Local(object) => st
-                    .exports
-                    .export(object, None, max)
-                    .map(CapDescriptor::Export),
-                CapKind::Served { object, generation } => st
-                    .exports
-                    .export(object, Some(*generation), max)
-                    .map(CapDescriptor::Export),
-                CapKind::Remote(r) if std::ptr::eq(r.session.as_ptr(), Arc::as_ptr(self)) => {
-                    Ok(CapDescriptor::Import(r.id))
-                }
-                CapKind::Remote(_) => {
-                    let forward: Arc<dyn Object> = Arc::new(cap.clone());
-                    st.exports
-                        .export(&forward, None, max)
-                        .map(CapDescriptor::Export)
-                }
-            })
-            .collect()
+        match &cap.kind {
+            CapKind::Local(object) => st
+                .exports
+                .export(object, None, max)
+                .map(CapDescriptor::Export),
+            CapKind::Served { object, generation } => st
+                .exports
+                .export(object, Some(*generation), max)
+                .map(CapDescriptor::Export),
+            CapKind::Remote(r) if std::ptr::eq(r.session.as_ptr(), Arc::as_ptr(self)) => {
+                Ok(CapDescriptor::Import(r.id))
+            }
+            CapKind::Remote(_) => {
+                let forward: Arc<dyn Object> = Arc::new(cap.clone());
+                st.exports
+                    .export(&forward, None, max)
+                    .map(CapDescriptor::Export)
+            }
+        }
     }
 
     /// Turns the descriptors of an incoming value into capabilities.
@@ -524,7 +665,7 @@ impl Shared {
                 }
                 CapDescriptor::Import(id) => match st.exports.get(id) {
                     Some(e) => Ok(Capability::from_arc(e.object.clone())),
-                    None if st.revoked_exports.contains(id) => {
+                    None if st.exports.is_revoked(id) || st.revoked_exports.contains(id) => {
                         Err(Status::revoked(format!("capability {id}")))
                     }
                     None => Err(Status::new(
@@ -577,7 +718,11 @@ impl Shared {
         let mut guard = QuestionGuard {
             shared: self.clone(),
             id,
-            armed: true,
+            cap,
+            method: method.to_owned(),
+            started,
+            pending: true,
+            recorded: false,
         };
         let deadline_ms = deadline.map(|d| {
             let left = d.saturating_duration_since(started);
@@ -588,7 +733,7 @@ impl Shared {
             target: Target::Cap(cap),
             method: method.to_owned(),
             args: payload,
-            caps,
+            caps: caps.clone(),
             parent: scope.as_ref().map(|s| s.answer),
             deadline_ms,
             keep: false,
@@ -596,11 +741,21 @@ impl Shared {
         });
         let span = tracing::debug_span!("call", cap, method, id);
         let outcome = async {
-            self.send(frame).await?;
+            if let Err(status) = self.send(frame).await {
+                // Never sent (too big, or the connection is gone): there is
+                // nothing to cancel, and the introductions never left.
+                let mut st = self.lock();
+                st.questions.remove(id);
+                st.exports.unsend(&caps);
+                drop(st);
+                guard.pending = false;
+                self.settled.notify_waiters();
+                return Err(status);
+            }
             let parent = scope.map(|s| s.cancel);
             tokio::select! {
                 r = reply => {
-                    guard.armed = false;
+                    guard.pending = false;
                     r.unwrap_or_else(|_| Err(Status::unavailable("the connection closed")))
                 }
                 _ = sleep_until(deadline) => Err(Status::new(
@@ -612,17 +767,9 @@ impl Shared {
         }
         .instrument(span)
         .await;
+        guard.record(outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok));
+        // Still pending after a deadline or a cancelled parent: this sends `cancel`.
         drop(guard);
-        let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
-        self.counters.call_done(code);
-        self.emit(Event::Call {
-            direction: Direction::Outgoing,
-            cap,
-            method: method.to_owned(),
-            id,
-            duration: started.elapsed(),
-            outcome: code,
-        });
         outcome
     }
 
@@ -630,10 +777,7 @@ impl Shared {
     fn handle(self: &Arc<Self>, frame: Frame) -> Result<(), Status> {
         match frame {
             Frame::Hello(_) => Err(Status::protocol_violation("a second hello")),
-            Frame::Call(call) => {
-                self.handle_call(call);
-                Ok(())
-            }
+            Frame::Call(call) => self.handle_call(call),
             Frame::Result(result) => {
                 self.handle_result(result);
                 Ok(())
@@ -653,11 +797,11 @@ impl Shared {
             }
             Frame::Goaway(Goaway { status, .. }) => {
                 tracing::debug!(%status, "peer sent goaway");
-                self.lock()
-                    .draining
-                    .get_or_insert(Status::unavailable(format!(
-                        "the peer is closing the connection: {status}"
-                    )));
+                let mut st = self.lock();
+                st.draining.get_or_insert(Status::unavailable(format!(
+                    "the peer is closing the connection: {status}"
+                )));
+                st.peer_goaway.get_or_insert(status);
                 Ok(())
             }
             Frame::Ping(Ping { nonce }) => {
@@ -668,18 +812,19 @@ impl Shared {
                 if let Some((sent, tx)) = self.lock().pings.remove(&nonce) {
                     let rtt = sent.elapsed();
                     let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX - 1);
-                    self.counters
-                        .last_rtt
-                        .store(us + 1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.last_rtt.store(us + 1, Ordering::Relaxed);
                     let _ = tx.send(rtt);
                 }
                 Ok(())
             }
-            Frame::Item(_) | Frame::End(_) | Frame::StreamError(_) | Frame::Credit(_) => {
-                Err(Status::new(
-                    Code::Unimplemented,
-                    "streams are not supported by this peer yet",
-                ))
+            // This side never makes stream calls, so no id is a stream
+            // question ([S20]); credit for an unknown stream is ignored.
+            Frame::Credit(_) => Ok(()),
+            other @ (Frame::Item(_) | Frame::End(_) | Frame::StreamError(_)) => {
+                Err(Status::protocol_violation(format!(
+                    "`{}` for a question that is not a stream",
+                    other.op()
+                )))
             }
             other => Err(Status::protocol_violation(format!(
                 "unexpected `{}` frame",
@@ -689,31 +834,54 @@ impl Shared {
     }
 
     fn handle_result(self: &Arc<Self>, result: CallResult) {
+        let max_depth = self.config.limits.max_depth;
         let mut st = self.lock();
         // A result for a question we stopped waiting on (cancelled, timed out) is dropped.
         let Some(question) = st.questions.remove(result.id) else {
             return;
         };
         let outcome = match result.outcome {
-            Outcome::Ok { value, caps } => self.resolve_caps(&mut st, caps).map(|caps| Value {
-                payload: value,
-                caps,
+            // The caps are imported even when the value is refused: dropping
+            // them then releases the introductions the peer counted.
+            Outcome::Ok { value, caps } => self.resolve_caps(&mut st, caps).and_then(|caps| {
+                if value.exceeds_depth(max_depth) {
+                    return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
+                }
+                Ok(Value {
+                    payload: value,
+                    caps,
+                })
             }),
             Outcome::Err(status) => Err(status),
         };
         drop(st);
+        self.settled.notify_waiters();
         let _ = question.reply.send(outcome);
     }
 
-    fn handle_revoked(self: &Arc<Self>, caps: Vec<u64>) {
-        let failed = {
+    fn handle_revoked(self: &Arc<Self>, mut caps: Vec<u64>) {
+        // Ids 0 and 1 cannot be revoked.
+        caps.retain(|id| *id != BOOTSTRAP_CAP && *id != RUNTIME_CAP);
+        let (failed, releases) = {
             let mut st = self.lock();
+            let mut releases = Vec::new();
             for id in &caps {
                 st.revoked_imports.insert(*id);
-                st.imports.remove(*id);
+                // Hand back every introduction now ([S23]): the exporter keeps
+                // the revoked entry until its count reaches 0. The live handle,
+                // when dropped, finds no entry and releases nothing more.
+                if let Some(n) = st.imports.remove(*id) {
+                    releases.push(Release { cap: *id, n });
+                }
             }
-            st.questions.take_for_caps(&caps)
+            (st.questions.take_for_caps(&caps), releases)
         };
+        for release in releases {
+            self.send_nowait(Frame::Release(release));
+        }
+        if !failed.is_empty() {
+            self.settled.notify_waiters();
+        }
         for q in failed {
             let _ = q
                 .reply
@@ -734,7 +902,9 @@ impl Shared {
         }));
     }
 
-    fn handle_call(self: &Arc<Self>, call: Call) {
+    /// Starts answering a call. An `Err` is a connection-fatal violation;
+    /// everything else answers the call.
+    fn handle_call(self: &Arc<Self>, call: Call) -> Result<(), Status> {
         let Call {
             id,
             target,
@@ -747,45 +917,48 @@ impl Shared {
         let cap = match target {
             Target::Cap(cap) => cap,
             Target::Answer { .. } => {
-                return self.reject(
+                self.reject(
                     id,
                     Status::new(
                         Code::Unimplemented,
                         "promise pipelining is not supported by this peer yet",
                     ),
-                )
+                );
+                return Ok(());
             }
         };
         let limits = &self.config.limits;
         if args.exceeds_depth(limits.max_depth) {
-            return self.reject(
+            self.reject(
                 id,
                 Status::limit(Reason::MAX_VALUE_DEPTH, limits.max_depth as u64),
             );
+            return Ok(());
         }
         let started = Instant::now();
         let deadline = deadline_ms.map(|ms| started + Duration::from_millis(ms));
         let (object, cancel, args) = {
             let mut st = self.lock();
+            if st.answers.contains(id) {
+                // Reusing a live question id ([S12]); answering it would cross
+                // two calls' answers, so the connection ends instead.
+                return Err(Status::protocol_violation(format!(
+                    "call {id} reuses the id of a call still running"
+                )));
+            }
             if let Some(s) = &st.draining {
                 let status = Status::unavailable(s.message.clone());
                 drop(st);
-                return self.reject(id, status);
-            }
-            if st.answers.contains(id) {
-                drop(st);
-                // Reusing a live question id would cross two calls' answers.
-                return self.reject(
-                    id,
-                    Status::protocol_violation(format!("question {id} is already running")),
-                );
+                self.reject(id, status);
+                return Ok(());
             }
             if st.answers.len() >= limits.max_in_flight_in {
                 drop(st);
-                return self.reject(
+                self.reject(
                     id,
                     Status::limit(Reason::MAX_CONCURRENT_CALLS, limits.max_in_flight_in as u64),
                 );
+                return Ok(());
             }
             let object: Option<Arc<dyn Object>> = match cap {
                 BOOTSTRAP_CAP => None,
@@ -793,13 +966,16 @@ impl Shared {
                 _ => match st.exports.get(cap) {
                     Some(e) => Some(e.object.clone()),
                     None => {
-                        let status = if st.revoked_exports.contains(cap) {
+                        let status = if st.exports.is_revoked(cap)
+                            || st.revoked_exports.contains(cap)
+                        {
                             Status::revoked(format!("capability {cap}"))
                         } else {
                             Status::new(Code::NotFound, format!("capability {cap} is not exported"))
                         };
                         drop(st);
-                        return self.reject(id, status);
+                        self.reject(id, status);
+                        return Ok(());
                     }
                 },
             };
@@ -807,7 +983,8 @@ impl Shared {
                 Ok(caps) => caps,
                 Err(status) => {
                     drop(st);
-                    return self.reject(id, status);
+                    self.reject(id, status);
+                    return Ok(());
                 }
             };
             let cancel = st.answers.insert(id, cap);
@@ -825,7 +1002,7 @@ impl Shared {
         tokio::spawn(
             async move {
                 let result = match object {
-                    None => shared.run_bootstrap(&method, args).await,
+                    None => shared.run_bootstrap(&method, args, deadline, cancel).await,
                     Some(object) => {
                         shared
                             .run_handler(object, id, &method, args, deadline, cancel)
@@ -838,6 +1015,7 @@ impl Shared {
             }
             .instrument(span),
         );
+        Ok(())
     }
 
     /// Runs a handler with its cancellation, deadline and call scope.
@@ -870,21 +1048,15 @@ impl Shared {
         } else {
             deadline.map(|d| d + self.config.deadline_grace)
         };
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            _ = sleep_until(stop_at) => {
-                cancel.cancel();
-                Some(Err(Status::new(Code::DeadlineExceeded, format!("`{method}` ran past its deadline"))))
-            }
-            r = run => Some(r),
-        }
+        supervise(run, method, stop_at, &cancel).await
     }
 
     async fn run_bootstrap(
         self: &Arc<Self>,
         method: &str,
         args: Value,
+        deadline: Option<Instant>,
+        cancel: CancellationToken,
     ) -> Option<Result<Value, Status>> {
         if method != "bootstrap" {
             return Some(Err(Status::new(
@@ -892,8 +1064,9 @@ impl Shared {
                 format!("the bootstrap object has no method `{method}`"),
             )));
         }
-        let outcome = self.bootstrap(args).await;
-        Some(outcome)
+        // The policy is application code: it is stopped like a handler.
+        let stop_at = deadline.map(|d| d + self.config.deadline_grace);
+        supervise(self.bootstrap(args), method, stop_at, &cancel).await
     }
 
     async fn bootstrap(self: &Arc<Self>, args: Value) -> Result<Value, Status> {
@@ -945,50 +1118,48 @@ impl Shared {
         started: Instant,
         result: Option<Result<Value, Status>>,
     ) {
-        let (outcome, encoded) = {
+        let (outcome, sent_caps, mut code) = {
             let mut st = self.lock();
-            let Some(answer) = st.answers.remove(id) else {
+            let Some(stopped) = st.answers.stopped(id) else {
                 return;
             };
             let result = match result {
                 Some(r) => r,
-                None => Err(answer
-                    .stopped
+                None => Err(stopped
                     .unwrap_or_else(|| Status::new(Code::Cancelled, "the call was cancelled"))),
             };
             if st.ended.is_some() {
+                st.answers.remove(id);
                 return;
             }
-            let encoded = match &result {
-                Ok(value) => self.describe_result(&mut st, value),
-                Err(status) => Err(status.clone()),
-            };
-            (
-                result.as_ref().map_or_else(|s| s.code, |_| Code::Ok),
-                encoded,
-            )
+            match result.and_then(|value| self.describe_result(&mut st, &value)) {
+                Ok((value, caps)) => (
+                    Outcome::Ok {
+                        value,
+                        caps: caps.clone(),
+                    },
+                    caps,
+                    Code::Ok,
+                ),
+                Err(status) => {
+                    let code = status.code;
+                    (Outcome::Err(status), Vec::new(), code)
+                }
+            }
         };
-        let outcome_frame = match encoded {
-            Ok((value, caps)) => Outcome::Ok { value, caps },
-            Err(status) => Outcome::Err(status),
-        };
-        let code = match &outcome_frame {
-            Outcome::Ok { .. } => outcome,
-            Outcome::Err(s) => s.code,
-        };
-        if let Err(status) = self
-            .send(Frame::Result(CallResult {
-                id,
-                outcome: outcome_frame,
-            }))
-            .await
-        {
-            // Typically a result over the frame limit: tell the caller instead.
+        if let Err(status) = self.send(Frame::Result(CallResult { id, outcome })).await {
+            // Typically a result over a frame limit ([S2]): the caller gets
+            // that error instead, and the introductions it carried are taken back.
+            self.lock().exports.unsend(&sent_caps);
+            code = status.code;
             self.send_nowait(Frame::Result(CallResult {
                 id,
                 outcome: Outcome::Err(status),
             }));
         }
+        // Only now: `close` waits for this entry, so the result goes out first.
+        self.lock().answers.remove(id);
+        self.settled.notify_waiters();
         self.counters.call_done(code);
         self.emit(Event::Call {
             direction: Direction::Incoming,
@@ -1012,8 +1183,9 @@ impl Shared {
         Ok((payload, self.describe_caps(st, &value.caps)?))
     }
 
-    /// Ends the session: pending questions fail with `status`, running
-    /// handlers are stopped, the tables are cleared and the transport closed.
+    /// Ends the session: pending questions fail with `unavailable` (§7.1),
+    /// running handlers are stopped, the tables are cleared and the transport
+    /// closed. `status` is what [`Session::closed`] reports.
     fn shutdown(self: &Arc<Self>, status: Status) {
         let questions = {
             let mut st = self.lock();
@@ -1027,27 +1199,61 @@ impl Shared {
             st.pings.clear();
             st.questions.drain()
         };
+        let failed = if status.code == Code::Unavailable {
+            status.clone()
+        } else {
+            Status::unavailable(format!("the connection closed: {status}"))
+        };
         for q in questions {
-            let _ = q.reply.send(Err(status.clone()));
+            let _ = q.reply.send(Err(failed.clone()));
         }
-        self.sender.close_now(CloseReason::normal());
+        // Queued behind everything already sent (a goaway first of all); a
+        // task, so that a full queue cannot lose the close.
+        let sender = self.sender.clone();
+        let reason = close_reason(&status);
+        tokio::spawn(async move {
+            let _ = sender.close(reason).await;
+        });
         self.closed.cancel();
+        self.settled.notify_waiters();
         self.emit(Event::Closed { status });
     }
 
-    /// Tells the peer why the connection ends, then ends it.
+    /// Tells the peer why the connection ends (`goaway`, grace 0), then ends it.
     async fn fail(self: &Arc<Self>, status: Status) {
         tracing::warn!(%status, "closing the connection");
         self.emit(Event::Error {
             status: status.clone(),
         });
-        let _ = self
-            .send(Frame::Goaway(Goaway {
-                status: status.clone(),
-                grace_ms: 0,
-            }))
-            .await;
+        let mut told = status.clone();
+        if told.message.len() > MAX_GOAWAY_MESSAGE {
+            let mut end = MAX_GOAWAY_MESSAGE;
+            while !told.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            told.message.truncate(end);
+        }
+        let goaway = Frame::Goaway(Goaway {
+            status: told,
+            grace_ms: 0,
+        });
+        // A peer that does not read cannot keep the session from ending.
+        let _ = tokio::time::timeout(self.config.close_grace, self.send(goaway)).await;
         self.shutdown(status);
+    }
+}
+
+/// The transport close that goes with a session's end: WebSocket peers see
+/// 1002 or 1009 for the errors of §7; the `goaway` before it says the rest.
+fn close_reason(status: &Status) -> CloseReason {
+    match &status.reason {
+        Some(r) if *r == Reason::PROTOCOL_VIOLATION => {
+            CloseReason::new(CloseReason::PROTOCOL_ERROR, "protocol violation")
+        }
+        Some(r) if *r == Reason::MAX_FRAME_BYTES => {
+            CloseReason::new(CloseReason::TOO_BIG, "frame too large")
+        }
+        _ => CloseReason::normal(),
     }
 }
 
@@ -1069,18 +1275,37 @@ impl RevocationSink for Shared {
         if ids.is_empty() {
             return;
         }
-        if let Ok(bytes) = self.encode(&Frame::Revoked(Revoked { caps: ids.clone() })) {
-            self.count_out(&bytes);
-            let sender = self.sender.clone();
-            tokio::spawn(async move {
-                let _ = sender.send(bytes).await;
-            });
-        }
+        self.send_nowait(Frame::Revoked(Revoked { caps: ids.clone() }));
         self.emit(Event::Revoke {
             direction: Direction::Outgoing,
             caps: ids,
         });
     }
+}
+
+/// Runs an answer's future until it ends, is cancelled, or passes `stop_at`.
+/// `None` means it was cancelled; the answer entry says why.
+async fn supervise(
+    run: impl std::future::Future<Output = Result<Value, Status>>,
+    method: &str,
+    stop_at: Option<Instant>,
+    cancel: &CancellationToken,
+) -> Option<Result<Value, Status>> {
+    tokio::pin!(run);
+    // `run` outlives the select so that its token is cancelled before it is
+    // dropped: a handler (and the calls it made) being torn down by its
+    // deadline sees `ctx.is_cancelled()` like one stopped by a cancel.
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        _ = sleep_until(stop_at) => Some(Err(Status::new(
+            Code::DeadlineExceeded,
+            format!("`{method}` ran past its deadline"),
+        ))),
+        r = &mut run => return Some(r),
+    };
+    cancel.cancel();
+    outcome
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -1129,14 +1354,11 @@ async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
                 break status;
             }
         };
-        shared
-            .counters
-            .frames_in
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.counters.frames_in.fetch_add(1, Ordering::Relaxed);
         shared
             .counters
             .bytes_in
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let frame = match codec::decode(&bytes) {
             Ok((frame, _)) => frame,
             Err(e) => {
@@ -1148,6 +1370,10 @@ async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
             match frame {
                 Frame::Hello(h) if h.v == PROTOCOL_VERSION => {
                     got_hello = true;
+                    if let Some(max) = h.limits.max_frame_bytes {
+                        let max = usize::try_from(max).unwrap_or(usize::MAX);
+                        shared.peer_max_frame.store(max, Ordering::Relaxed);
+                    }
                     continue;
                 }
                 Frame::Hello(h) => {
@@ -1171,6 +1397,15 @@ async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
             shared.fail(status).await;
             return;
         }
+        shared.backpressure().await;
+    };
+    // A connection the peer announced it would close ends with its reason.
+    let goaway = shared.lock().peer_goaway.clone();
+    let end = match goaway {
+        Some(g) if end.code == Code::Unavailable => {
+            Status::unavailable(format!("the peer closed the connection: {g}"))
+        }
+        _ => end,
     };
     shared.shutdown(end);
 }

@@ -1,12 +1,20 @@
 //! Shared test fixtures: session pairs over every transport and a demo service.
 #![allow(dead_code, unreachable_pub)]
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use capwire::proto::Codec;
-use capwire::transport::{self, memory_pair, Address, Listener, TransportConfig};
-use capwire::{Capability, Code, Methods, Registry, Session, SessionConfig, Status, Value};
+use capwire::proto::{codec, Call, CapDescriptor, Codec, Frame, Hello, Outcome, Payload, Target};
+use capwire::transport::{
+    self, memory_pair, Address, Listener, Transport, TransportConfig, TransportError,
+};
+use capwire::{
+    CallContext, Capability, Code, Methods, Reason, Registry, Session, SessionConfig, Status, Value,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Transports a session pair can run over.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,10 +40,23 @@ pub async fn pair_with(
     server_config: SessionConfig,
     client_config: SessionConfig,
 ) -> Pair {
-    let dir = tempfile::tempdir().expect("tempdir");
     let tc = TransportConfig::default();
+    pair_with_transport(kind, registry, server_config, client_config, &tc, &tc).await
+}
+
+/// A pair whose two ends use their own transport settings (frame limits).
+/// Over memory both ends share `server_tc`.
+pub async fn pair_with_transport(
+    kind: Kind,
+    registry: Registry,
+    server_config: SessionConfig,
+    client_config: SessionConfig,
+    server_tc: &TransportConfig,
+    client_tc: &TransportConfig,
+) -> Pair {
+    let dir = tempfile::tempdir().expect("tempdir");
     let (c, s) = match kind {
-        Kind::Mem => memory_pair(&tc),
+        Kind::Mem => memory_pair(server_tc),
         _ => {
             let addr: Address = match kind {
                 Kind::Tcp => "tcp://127.0.0.1:0".parse().expect("addr"),
@@ -43,8 +64,10 @@ pub async fn pair_with(
                 Kind::Ws => "ws://127.0.0.1:0/".parse().expect("addr"),
                 Kind::Mem => unreachable!(),
             };
-            let mut l = Listener::bind(&addr, tc.clone()).await.expect("bind");
-            let c = transport::connect(l.local_addr(), &tc)
+            let mut l = Listener::bind(&addr, server_tc.clone())
+                .await
+                .expect("bind");
+            let c = transport::connect(l.local_addr(), client_tc)
                 .await
                 .expect("connect");
             let s = l.accept().await.expect("accept");
@@ -132,4 +155,341 @@ pub fn plus_one() -> Capability {
             Value::new(&(n + 1))
         }),
     )
+}
+
+/// Awaits `fut`, failing the test if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
+/// Yields until `cond` holds; fails after 5 s of wall-clock time. Only for
+/// conditions that need other tasks to run, not timers (the paused clock
+/// does not advance while this loop keeps the runtime busy).
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Asserts code and reason of an error.
+#[track_caller]
+pub fn assert_status(result: &Result<Value, Status>, code: Code, reason: Option<Reason>) {
+    match result {
+        Ok(v) => panic!("expected {code}, got a value: {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code, code, "{s}");
+            assert_eq!(s.reason, reason, "{s}");
+        }
+    }
+}
+
+/// Reported by a [`probe`] handler when it starts.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub method: String,
+    pub call_id: Option<u64>,
+    pub deadline: Option<Instant>,
+    pub at: Instant,
+}
+
+/// Reported by a [`probe`] handler when its future is dropped (finished or stopped).
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    pub method: String,
+    pub call_id: Option<u64>,
+    /// Whether `ctx.is_cancelled()` held when the handler was dropped.
+    pub cancelled: bool,
+    /// Whether the handler ran to its end.
+    pub completed: bool,
+    pub at: Instant,
+}
+
+struct StopReporter {
+    tx: mpsc::UnboundedSender<Stopped>,
+    ctx: CallContext,
+    completed: bool,
+}
+
+impl Drop for StopReporter {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Stopped {
+            method: self.ctx.method().to_owned(),
+            call_id: self.ctx.call_id(),
+            cancelled: self.ctx.is_cancelled(),
+            completed: self.completed,
+            at: Instant::now(),
+        });
+    }
+}
+
+/// What a [`probe`] reports.
+pub struct ProbeEvents {
+    pub started: mpsc::UnboundedReceiver<Started>,
+    pub stopped: mpsc::UnboundedReceiver<Stopped>,
+}
+
+impl ProbeEvents {
+    pub async fn started(&mut self) -> Started {
+        within(
+            Duration::from_secs(5),
+            "a handler start",
+            self.started.recv(),
+        )
+        .await
+        .expect("probe alive")
+    }
+
+    pub async fn stopped(&mut self) -> Stopped {
+        within(
+            Duration::from_secs(5),
+            "a handler stop",
+            self.stopped.recv(),
+        )
+        .await
+        .expect("probe alive")
+    }
+
+    /// True when no handler reported a stop so far.
+    pub fn none_stopped(&mut self) -> bool {
+        self.stopped.try_recv().is_err()
+    }
+}
+
+/// Wraps handler `body` so that it reports its start and its stop.
+pub fn probed<F, Fut>(
+    events: &(
+        mpsc::UnboundedSender<Started>,
+        mpsc::UnboundedSender<Stopped>,
+    ),
+    body: F,
+) -> impl Fn(Value, CallContext) -> futures_util::future::BoxFuture<'static, Result<Value, Status>>
+       + Send
+       + Sync
+       + 'static
+where
+    F: Fn(Value, CallContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, Status>> + Send + 'static,
+{
+    use futures_util::FutureExt;
+    let (started, stopped) = events.clone();
+    let body = Arc::new(body);
+    move |args, ctx: CallContext| {
+        let started = started.clone();
+        let stopped = stopped.clone();
+        let body = body.clone();
+        async move {
+            let _ = started.send(Started {
+                method: ctx.method().to_owned(),
+                call_id: ctx.call_id(),
+                deadline: ctx.deadline(),
+                at: Instant::now(),
+            });
+            let mut reporter = StopReporter {
+                tx: stopped,
+                ctx: ctx.clone(),
+                completed: false,
+            };
+            let r = body(args, ctx).await;
+            reporter.completed = true;
+            r
+        }
+        .boxed()
+    }
+}
+
+/// Channels for [`probed`] handlers.
+pub fn probe_channels() -> (
+    (
+        mpsc::UnboundedSender<Started>,
+        mpsc::UnboundedSender<Stopped>,
+    ),
+    ProbeEvents,
+) {
+    let (s_tx, s_rx) = mpsc::unbounded_channel();
+    let (d_tx, d_rx) = mpsc::unbounded_channel();
+    (
+        (s_tx, d_tx),
+        ProbeEvents {
+            started: s_rx,
+            stopped: d_rx,
+        },
+    )
+}
+
+/// An object with `hang` (never returns), `sleep([ms])` (returns `ms` after
+/// sleeping) and `idem_sleep([ms])` (the same, marked idempotent), each
+/// reporting its start and stop.
+pub fn probe() -> (Methods, ProbeEvents) {
+    let (tx, events) = probe_channels();
+    let sleep = |args: Value, _ctx: CallContext| async move {
+        let (ms,): (u64,) = args.decode()?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Value::new(&ms)
+    };
+    let methods = Methods::new("Probe")
+        .method(
+            "hang",
+            probed(&tx, |_args, _ctx| async {
+                std::future::pending::<()>().await;
+                Ok(Value::null())
+            }),
+        )
+        .method("sleep", probed(&tx, sleep))
+        .method("idem_sleep", probed(&tx, sleep))
+        .idempotent("idem_sleep");
+    (methods, events)
+}
+
+/// A registry serving [`probe`] as `probe` 1.0, and the probe's reports.
+pub fn probe_registry() -> (Registry, capwire::ServeHandle, ProbeEvents) {
+    let (methods, events) = probe();
+    let registry = Registry::new();
+    let handle = registry.serve("probe", "1.0", methods).expect("serve");
+    (registry, handle, events)
+}
+
+/// A peer that speaks raw capwire/1 frames to a [`Session`] over memory, to
+/// test what the session sends and how it treats bad input.
+pub struct Raw {
+    pub transport: Transport,
+    pub codec: Codec,
+}
+
+impl Raw {
+    /// A session serving `registry` and a raw peer connected to it. The
+    /// session's `hello` has been read; the raw peer has sent nothing yet.
+    pub async fn connect(
+        registry: Registry,
+        config: SessionConfig,
+        tc: &TransportConfig,
+    ) -> (Session, Raw) {
+        let (a, b) = memory_pair(tc);
+        let session = Session::new(a, registry, config);
+        let mut raw = Raw {
+            transport: b,
+            codec: Codec::Json,
+        };
+        match raw.recv().await {
+            Some(Frame::Hello(h)) => assert_eq!(h.v, 1),
+            other => panic!("expected the session's hello, got {other:?}"),
+        }
+        (session, raw)
+    }
+
+    /// [`Raw::connect`] followed by a valid `hello`.
+    pub async fn handshake(registry: Registry, config: SessionConfig) -> (Session, Raw) {
+        let (session, raw) = Raw::connect(registry, config, &TransportConfig::default()).await;
+        raw.send(Frame::Hello(Hello::new())).await;
+        (session, raw)
+    }
+
+    pub async fn send(&self, frame: Frame) {
+        let bytes = codec::encode(&frame, self.codec).expect("encode");
+        self.send_bytes(&bytes).await;
+    }
+
+    pub async fn send_bytes(&self, bytes: &[u8]) {
+        self.transport
+            .sender
+            .send(bytes.to_vec().into())
+            .await
+            .expect("the session's end is open");
+    }
+
+    /// The next frame, or `None` once the session closed the connection.
+    /// Fails the test when nothing arrives within 5 s (of the test's clock).
+    pub async fn recv(&mut self) -> Option<Frame> {
+        let next = within(
+            Duration::from_secs(5),
+            "a frame from the session",
+            self.transport.receiver.recv(),
+        )
+        .await;
+        match next {
+            Ok(Some(bytes)) => Some(
+                codec::decode(&bytes)
+                    .expect("the session sent a frame that decodes")
+                    .0,
+            ),
+            Ok(None) => None,
+            Err(TransportError::ClosedByPeer(_)) => None,
+            Err(e) => panic!("transport error: {e}"),
+        }
+    }
+
+    /// The next frame, which must be a `result`; returns its id and outcome.
+    pub async fn result(&mut self) -> (u64, Outcome) {
+        match self.recv().await {
+            Some(Frame::Result(r)) => (r.id, r.outcome),
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+
+    /// The next frame must be a `result` for `id` with an error; returns it.
+    pub async fn error(&mut self, id: u64) -> Status {
+        match self.result().await {
+            (got, Outcome::Err(s)) if got == id => s,
+            other => panic!("expected an error result for {id}, got {other:?}"),
+        }
+    }
+
+    /// The session must send `goaway` with `code`/`reason`, then close.
+    pub async fn expect_goaway_and_close(&mut self, code: Code, reason: Option<Reason>) -> Status {
+        let status = match self.recv().await {
+            Some(Frame::Goaway(g)) => {
+                assert_eq!(g.grace_ms, 0, "an error goaway closes at once");
+                g.status
+            }
+            other => panic!("expected goaway, got {other:?}"),
+        };
+        assert_eq!(status.code, code, "{status}");
+        assert_eq!(status.reason, reason, "{status}");
+        match self.recv().await {
+            None => {}
+            Some(f) => panic!("expected the connection to close after goaway, got {f:?}"),
+        }
+        status
+    }
+
+    /// Sends a call of `method` on `cap` with JSON `args`.
+    pub async fn call(&self, id: u64, cap: u64, method: &str, args: serde_json::Value) {
+        self.send(Frame::Call(call_frame(id, cap, method, args)))
+            .await;
+    }
+
+    /// Bootstraps `name` as question `id`; returns the capability id.
+    pub async fn bootstrap(&mut self, id: u64, name: &str) -> u64 {
+        self.call(id, 0, "bootstrap", serde_json::json!({ "name": name }))
+            .await;
+        match self.result().await {
+            (got, Outcome::Ok { caps, .. }) if got == id => match caps.as_slice() {
+                [CapDescriptor::Export(cap)] => *cap,
+                other => panic!("bootstrap returned {other:?}"),
+            },
+            other => panic!("bootstrap failed: {other:?}"),
+        }
+    }
+}
+
+/// A plain `call` frame.
+pub fn call_frame(id: u64, cap: u64, method: &str, args: serde_json::Value) -> Call {
+    Call {
+        id,
+        target: Target::Cap(cap),
+        method: method.to_owned(),
+        args: Payload::encode(Codec::Json, &args).expect("encode args"),
+        caps: vec![],
+        parent: None,
+        deadline_ms: None,
+        keep: false,
+        stream: None,
+    }
 }

@@ -1,0 +1,197 @@
+//! Deadlines: the caller enforces its timeout locally, the callee stops the
+//! handler after the deadline plus a grace period (unless the method is
+//! idempotent), and calls made by a handler inherit its remaining budget
+//! (DESIGN.md §3, protocol [S17]). Time is the paused tokio clock.
+
+mod common;
+
+use std::time::Duration;
+
+use capwire::proto::{Frame, Outcome};
+use capwire::{CallOptions, Code, Methods, Registry, SessionConfig, Value};
+use common::*;
+use tokio::time::Instant;
+
+const GRACE: Duration = Duration::from_millis(20);
+
+fn grace_config() -> SessionConfig {
+    let mut config = SessionConfig::default();
+    config.deadline_grace = GRACE;
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_caller_gets_deadline_exceeded_promptly() {
+    let (registry, _h, mut events) = probe_registry();
+    let p = pair_with(
+        Kind::Mem,
+        registry,
+        grace_config(),
+        SessionConfig::default(),
+    )
+    .await;
+    let probe = p.client.bootstrap("probe", None).await.unwrap();
+
+    let t0 = Instant::now();
+    let r = probe
+        .call_with(
+            "hang",
+            Value::null(),
+            CallOptions::timeout(Duration::from_millis(100)),
+        )
+        .await;
+    let waited = t0.elapsed();
+    assert_status(&r, Code::DeadlineExceeded, None);
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_millis(100) + GRACE,
+        "waited {waited:?}"
+    );
+    let stopped = events.stopped().await;
+    assert!(stopped.cancelled && !stopped.completed);
+    assert!(stopped.at - t0 <= Duration::from_millis(100) + GRACE);
+    eventually("the answer to be freed", || p.server.stats().answers == 0).await;
+}
+
+/// Without the caller's `cancel` (a peer that does not send one), the callee
+/// stops the handler by itself at deadline + grace and answers
+/// `deadline_exceeded`.
+#[tokio::test(start_paused = true)]
+async fn the_callee_stops_the_handler_after_deadline_plus_grace() {
+    let (registry, _h, mut events) = probe_registry();
+    let (_session, mut raw) = Raw::handshake(registry, grace_config()).await;
+    let probe = raw.bootstrap(1, "probe").await;
+
+    let mut call = call_frame(2, probe, "hang", serde_json::json!(null));
+    call.deadline_ms = Some(100);
+    let t0 = Instant::now();
+    raw.send(Frame::Call(call)).await;
+    let started = events.started().await;
+    let deadline = started.deadline.expect("the handler sees its deadline");
+    assert_eq!(deadline - t0, Duration::from_millis(100));
+
+    let status = raw.error(2).await;
+    let answered = t0.elapsed();
+    assert_eq!(status.code, Code::DeadlineExceeded, "{status}");
+    assert_eq!(
+        answered,
+        Duration::from_millis(100) + GRACE,
+        "answered at deadline + grace"
+    );
+    let stopped = events.stopped().await;
+    assert!(stopped.cancelled && !stopped.completed);
+    assert_eq!(stopped.at - t0, Duration::from_millis(100) + GRACE);
+}
+
+/// An idempotent method is not stopped by the callee's deadline: it runs to
+/// its end and its result is sent. The same method not marked idempotent is
+/// stopped.
+#[tokio::test(start_paused = true)]
+async fn idempotent_methods_are_not_stopped_by_the_callee() {
+    let (registry, _h, mut events) = probe_registry();
+    let (_session, mut raw) = Raw::handshake(registry, grace_config()).await;
+    let probe = raw.bootstrap(1, "probe").await;
+
+    let t0 = Instant::now();
+    let mut call = call_frame(2, probe, "idem_sleep", serde_json::json!([300]));
+    call.deadline_ms = Some(100);
+    raw.send(Frame::Call(call)).await;
+    match raw.result().await {
+        (2, Outcome::Ok { value, .. }) => assert_eq!(value.to_json().unwrap(), 300),
+        other => panic!("the idempotent call was stopped: {other:?}"),
+    }
+    assert_eq!(t0.elapsed(), Duration::from_millis(300));
+    let stopped = events.stopped().await;
+    assert!(stopped.completed && !stopped.cancelled);
+
+    let t0 = Instant::now();
+    let mut call = call_frame(3, probe, "sleep", serde_json::json!([300]));
+    call.deadline_ms = Some(100);
+    raw.send(Frame::Call(call)).await;
+    assert_eq!(raw.error(3).await.code, Code::DeadlineExceeded);
+    assert_eq!(t0.elapsed(), Duration::from_millis(100) + GRACE);
+    assert!(!events.stopped().await.completed);
+}
+
+/// A → B → C: B's handler waits a while, then calls C, once asking for far
+/// more time than A gave and once asking for none. C sees at most what is
+/// left of A's budget either way.
+#[tokio::test(start_paused = true)]
+async fn child_calls_inherit_the_remaining_budget() {
+    let (c_registry, _c_handle, mut c_events) = probe_registry();
+    let b_to_c = pair_with(
+        Kind::Mem,
+        c_registry,
+        grace_config(),
+        SessionConfig::default(),
+    )
+    .await;
+    let c_probe = b_to_c.client.bootstrap("probe", None).await.unwrap();
+
+    let (b_tx, mut b_events) = probe_channels();
+    let relay = Methods::new("Relay").method(
+        "relay",
+        probed(&b_tx, move |args: Value, _ctx| {
+            let c_probe = c_probe.clone();
+            async move {
+                let (own_timeout,): (bool,) = args.decode()?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                if own_timeout {
+                    c_probe
+                        .call_with(
+                            "hang",
+                            Value::null(),
+                            CallOptions::timeout(Duration::from_secs(10)),
+                        )
+                        .await
+                } else {
+                    c_probe.call("hang", Value::null()).await
+                }
+            }
+        }),
+    );
+    let b_registry = Registry::new();
+    let _b_handle = b_registry.serve("relay", "1.0", relay).unwrap();
+    let a_to_b = pair_with(
+        Kind::Mem,
+        b_registry,
+        grace_config(),
+        SessionConfig::default(),
+    )
+    .await;
+    let relay = a_to_b.client.bootstrap("relay", None).await.unwrap();
+
+    for own_timeout in [true, false] {
+        let t0 = Instant::now();
+        let a_deadline = t0 + Duration::from_millis(200);
+        let r = relay
+            .call_with(
+                "relay",
+                Value::new(&(own_timeout,)).unwrap(),
+                CallOptions::timeout(Duration::from_millis(200)),
+            )
+            .await;
+        assert_status(&r, Code::DeadlineExceeded, None);
+        assert_eq!(t0.elapsed(), Duration::from_millis(200));
+
+        let b = b_events.started().await;
+        assert_eq!(b.deadline, Some(a_deadline), "B has A's deadline");
+        let c = c_events.started().await;
+        let c_deadline = c.deadline.expect("C's call got a deadline");
+        assert!(
+            c_deadline <= a_deadline,
+            "own_timeout={own_timeout}: C's deadline is {:?} after A's",
+            c_deadline - a_deadline
+        );
+        assert!(c_deadline - c.at <= Duration::from_millis(170));
+        assert!(c_deadline > c.at, "some budget is left");
+        // Both handlers end when A's deadline passes: C is stopped; B ends
+        // with its child call's `deadline_exceeded` or is stopped by A's
+        // cancel, whichever it sees first (both happen at A's deadline).
+        let b_stop = b_events.stopped().await;
+        assert!(b_stop.completed || b_stop.cancelled);
+        assert_eq!(b_stop.at, a_deadline);
+        let c_stop = c_events.stopped().await;
+        assert!(c_stop.cancelled && !c_stop.completed);
+        assert_eq!(c_stop.at, a_deadline);
+    }
+}
