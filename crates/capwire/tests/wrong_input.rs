@@ -307,24 +307,20 @@ async fn an_oversize_frame_gets_max_frame_bytes() {
         serde_json::json!({ "name": "x".repeat(2000) }),
     )
     .await;
-    // The session's ping may come first. The transport's reader closes the
-    // connection itself on a framing error, before the session can queue its
-    // `goaway` (§7: "if the transport can still carry it"), so the goaway
-    // is optional here; when present it names the limit.
+    // The session's ping may come first; then the goaway naming the limit
+    // (the session's receiver leaves the close to the session), then close.
     let mut next = raw.recv().await;
     if let Some(Frame::Ping(_)) = next {
         next = raw.recv().await;
     }
-    if let Some(frame) = next {
-        match frame {
-            Frame::Goaway(g) => {
-                assert_eq!(g.status.code, Code::ResourceExhausted, "{}", g.status);
-                assert_eq!(g.status.reason, Some(Reason::MAX_FRAME_BYTES));
-            }
-            other => panic!("expected goaway or close, got {other:?}"),
+    match next {
+        Some(Frame::Goaway(g)) => {
+            assert_eq!(g.status.code, Code::ResourceExhausted, "{}", g.status);
+            assert_eq!(g.status.reason, Some(Reason::MAX_FRAME_BYTES));
         }
-        assert_eq!(raw.recv().await, None, "then close");
+        other => panic!("expected goaway, got {other:?}"),
     }
+    assert_eq!(raw.recv().await, None, "then close");
     assert_ended(&session, Code::ResourceExhausted).await;
     // What was pending fails `unavailable` (§7.1).
     let ping = pending.await.unwrap();

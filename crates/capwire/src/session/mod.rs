@@ -283,6 +283,9 @@ impl Session {
             ..Hello::new()
         };
         shared.send_nowait(Frame::Hello(hello));
+        // The session sends `goaway` before closing on a framing violation.
+        let mut receiver = receiver;
+        receiver.close_on_framing_error(false);
         tokio::spawn(read_loop(shared.clone(), receiver));
         Session { shared }
     }

@@ -241,6 +241,7 @@ pub struct FrameReceiver {
     inner: ReceiverInner,
     /// Lets the receiver close the connection when the peer breaks framing.
     control: FrameSender,
+    close_on_error: bool,
     done: bool,
 }
 
@@ -263,8 +264,16 @@ impl FrameReceiver {
         FrameReceiver {
             inner,
             control,
+            close_on_error: true,
             done: false,
         }
+    }
+
+    /// Whether a framing violation closes the connection at once (the
+    /// default). An owner that first tells the peer why — a Session sends
+    /// `goaway` — turns this off and closes the connection itself.
+    pub fn close_on_framing_error(&mut self, close: bool) {
+        self.close_on_error = close;
     }
 
     /// The next frame; `Ok(None)` when the peer closed normally.
@@ -291,7 +300,7 @@ impl FrameReceiver {
             Ok(None) => self.done = true,
             Err(e) => {
                 self.done = true;
-                if let TransportError::Framing(fe) = e {
+                if let (true, TransportError::Framing(fe)) = (self.close_on_error, e) {
                     let code = match fe {
                         FramingError::TooLarge { .. } => CloseReason::TOO_BIG,
                         _ => CloseReason::PROTOCOL_ERROR,
