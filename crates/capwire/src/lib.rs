@@ -1,30 +1,60 @@
 //! capwire: object-capability RPC over any transport.
 //!
-//! This crate holds the runtime side of capwire: the [`transport`]s that
-//! carry capwire/1 frames (in-memory, TCP, Unix sockets, WebSocket, stdio and
-//! child processes) and the [`attestation`] each transport establishes about
-//! its peer. The wire protocol itself is [`proto`] (`capwire-proto`).
+//! A [`Session`] runs one connection, either side. A server puts objects in a
+//! [`Registry`] under a name and a version; a client bootstraps them and gets
+//! a [`Capability`] it can call. Capabilities travel inside values in both
+//! directions (returned objects, callbacks), calls cancel when their future is
+//! dropped, deadlines and cancellation follow calls across hops, and
+//! unserving an object revokes it everywhere.
 //!
 //! ```
-//! use capwire::transport::{self, Address, Listener, TransportConfig};
-//! use capwire::proto::{codec, Codec, Frame, Ping};
+//! use capwire::transport::{memory_pair, TransportConfig};
+//! use capwire::{Capability, Code, Methods, Registry, Session, SessionConfig, Value};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = TransportConfig::default();
-//! let mut listener = Listener::bind(&"tcp://127.0.0.1:0".parse()?, config.clone()).await?;
-//! let addr: Address = listener.local_addr().clone();
+//! // The server side: an object with two methods, served as "calc" v1.
+//! let calc = Methods::new("Calculator")
+//!     .method("square", |args: Value, _ctx| async move {
+//!         let (n,): (i64,) = args.decode()?;
+//!         Value::new(&(n * n))
+//!     })
+//!     .method("apply", |args: Value, _ctx| async move {
+//!         // Call the function capability the client passed in.
+//!         let f = args.cap(0)?;
+//!         f.call("call", Value::new(&(20,))?).await
+//!     });
+//! let registry = Registry::new();
+//! let served = registry.serve("calc", "1", calc)?;
 //!
-//! let client = transport::connect(&addr, &config).await?;
-//! let mut server = listener.accept().await?;
+//! // Any transport works; TCP, Unix, WebSocket and stdio look the same.
+//! let (client_end, server_end) = memory_pair(&TransportConfig::default());
+//! let _server = Session::new(server_end, registry, SessionConfig::default());
+//! let client = Session::new(client_end, Registry::new(), SessionConfig::default());
 //!
-//! let ping = Frame::Ping(Ping { nonce: 7 });
-//! client.sender.send(codec::encode(&ping, Codec::Msgpack)?.into()).await?;
-//! let bytes = server.receiver.recv().await?.expect("a frame");
-//! assert_eq!(codec::decode(&bytes)?.0, ping);
+//! let calc = client.bootstrap("calc", Some("1")).await?;
+//! let nine: i64 = calc.call("square", Value::new(&(3,))?).await?.decode()?;
+//! assert_eq!(nine, 9);
+//!
+//! // A callback: a local object passed as an argument.
+//! let add_one = Capability::local(Methods::new("AddOne").method("call", |args: Value, _ctx| async move {
+//!     let (n,): (i64,) = args.decode()?;
+//!     Value::new(&(n + 1))
+//! }));
+//! let r: i64 = calc.call("apply", Value::capability(add_one)).await?.decode()?;
+//! assert_eq!(r, 21);
+//!
+//! // Unserving revokes the capability on every connection.
+//! drop(served);
+//! # for _ in 0..100 { tokio::task::yield_now().await; }
+//! let err = calc.call("square", Value::new(&(2,))?).await.unwrap_err();
+//! assert_eq!(err.code, Code::FailedPrecondition);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The [`transport`] module holds the transports and the address syntax;
+//! [`proto`] (`capwire-proto`) is the wire protocol itself.
 
 pub use capwire_proto as proto;
 
