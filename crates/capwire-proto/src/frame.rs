@@ -427,6 +427,24 @@ pub enum PathSeg {
     Index(u64),
 }
 
+impl From<&str> for PathSeg {
+    fn from(key: &str) -> PathSeg {
+        PathSeg::Key(key.to_owned())
+    }
+}
+
+impl From<String> for PathSeg {
+    fn from(key: String) -> PathSeg {
+        PathSeg::Key(key)
+    }
+}
+
+impl From<usize> for PathSeg {
+    fn from(index: usize) -> PathSeg {
+        PathSeg::Index(index as u64)
+    }
+}
+
 impl Serialize for PathSeg {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {

@@ -37,6 +37,7 @@ mod depth;
 mod details;
 pub mod frame;
 pub mod framing;
+mod path;
 pub mod payload;
 pub mod status;
 

@@ -1,18 +1,19 @@
 //! Capability handles: the client side of an object, local or remote.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use capwire_proto::{Code, Status};
+use capwire_proto::{Code, PathSeg, Status};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::attestation::{Attestation, TransportKind};
-use crate::object::{CallContext, Object};
-use crate::session::{current_scope, Shared};
+use crate::object::{CallContext, Items, Object};
+use crate::promise::{PendingCall, Promise, PromiseCore};
+use crate::session::{current_scope, AnswerRef, CallScope, Shared};
+use crate::stream::{ItemStream, StreamOptions};
 use crate::value::Value;
 
 /// A reference to an object you may call. Cheap to clone, `Send + Sync`.
@@ -35,13 +36,19 @@ pub(crate) enum CapKind {
         generation: u64,
     },
     Remote(Arc<RemoteCap>),
+    /// The capability at a path of a call's result, before it arrives
+    /// (caller side of promise pipelining).
+    Promised(Arc<PromiseCore>, Arc<[PathSeg]>),
+    /// The capability at a path of an answer this side is computing for the
+    /// peer, passed to us as an `answer` descriptor (callee side).
+    Answer(Arc<AnswerRef>),
 }
 
 impl CapKind {
     fn local_object(&self) -> Option<&Arc<dyn Object>> {
         match self {
             CapKind::Local(o) | CapKind::Served { object: o, .. } => Some(o),
-            CapKind::Remote(_) => None,
+            _ => None,
         }
     }
 }
@@ -98,23 +105,30 @@ impl Capability {
 
     /// True for an object hosted in this process.
     pub fn is_local(&self) -> bool {
-        !matches!(self.kind, CapKind::Remote(_))
+        matches!(self.kind, CapKind::Local(_) | CapKind::Served { .. })
+    }
+
+    /// True for a capability that is a path into a result that has not
+    /// necessarily arrived (promise pipelining).
+    pub fn is_promise(&self) -> bool {
+        matches!(self.kind, CapKind::Promised(..) | CapKind::Answer(_))
     }
 
     /// For a remote capability, its id in the peer's export table.
     pub fn remote_id(&self) -> Option<u64> {
         match &self.kind {
             CapKind::Remote(r) => Some(r.id),
-            CapKind::Local(_) | CapKind::Served { .. } => None,
+            _ => None,
         }
     }
 
-    /// True when both handles name the same object (the same local object, or
-    /// the same import on the same connection).
+    /// True when both handles name the same object (the same local object, the
+    /// same import on the same connection, or the same path of the same promise).
     pub fn same_as(&self, other: &Capability) -> bool {
         match (&self.kind, &other.kind) {
             (CapKind::Remote(a), CapKind::Remote(b)) => Arc::ptr_eq(a, b),
-            (CapKind::Remote(_), _) | (_, CapKind::Remote(_)) => false,
+            (CapKind::Promised(a, pa), CapKind::Promised(b, pb)) => Arc::ptr_eq(a, b) && pa == pb,
+            (CapKind::Answer(a), CapKind::Answer(b)) => Arc::ptr_eq(a, b),
             (a, b) => match (a.local_object(), b.local_object()) {
                 (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
                 _ => false,
@@ -122,62 +136,123 @@ impl Capability {
         }
     }
 
-    /// Calls `method`. Nothing is sent until the future is polled; dropping it
-    /// before it completes cancels the call at the callee.
-    pub fn call(
-        &self,
-        method: &str,
-        args: Value,
-    ) -> impl Future<Output = Result<Value, Status>> + Send + 'static {
+    /// The session calls on this capability go to, if any.
+    pub(crate) fn session(&self) -> Option<usize> {
+        match &self.kind {
+            CapKind::Remote(r) => Some(r.session.as_ptr() as usize),
+            CapKind::Promised(core, _) => core.session(),
+            _ => None,
+        }
+    }
+
+    /// Calls `method`. Nothing is sent until the promise is awaited or
+    /// pipelined on; dropping it before it completes cancels the call at
+    /// the callee.
+    pub fn call(&self, method: &str, args: Value) -> Promise {
         self.call_with(method, args, CallOptions::default())
     }
 
-    /// Calls `method` with options.
-    pub fn call_with(
+    /// Calls `method` with options. A call made inside a handler belongs to
+    /// that handler's call: it is cancelled with it and gets no more time than
+    /// it has left.
+    pub fn call_with(&self, method: &str, args: Value, options: CallOptions) -> Promise {
+        let scope = current_scope();
+        let deadline = call_deadline(options.timeout, scope.as_ref());
+        Promise::new(self.pending(method, args, deadline, scope))
+    }
+
+    pub(crate) fn pending(
         &self,
         method: &str,
         args: Value,
-        options: CallOptions,
-    ) -> impl Future<Output = Result<Value, Status>> + Send + 'static {
-        let kind = self.kind.clone();
-        let method: Arc<str> = method.into();
-        async move {
-            let scope = current_scope();
-            let now = Instant::now();
-            let mut deadline = options.timeout.map(|t| now + t);
-            if let Some(parent) = scope.as_ref().and_then(|s| s.deadline) {
-                deadline = Some(deadline.map_or(parent, |d| d.min(parent)));
-            }
-            match kind {
-                CapKind::Remote(remote) => {
-                    let Some(shared) = remote.session.upgrade() else {
-                        return Err(Status::unavailable("the connection is closed"));
-                    };
-                    shared.call(&remote, &method, args, deadline, scope).await
-                }
-                CapKind::Local(object) | CapKind::Served { object, .. } => {
-                    let att = Arc::new(Attestation::new(TransportKind::Memory));
-                    let mut ctx = CallContext::local(&method, deadline, att);
-                    if let Some(s) = &scope {
-                        ctx.cancel = s.cancel.child_token();
-                    }
-                    let cancel = ctx.cancel.clone();
-                    let call = object.call(&method, args, ctx);
-                    let sleep = async move {
-                        match deadline {
-                            Some(d) => tokio::time::sleep_until(d).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        r = call => r,
-                        _ = cancel.cancelled() => Err(Status::new(Code::Cancelled, "the parent call was cancelled")),
-                        _ = sleep => Err(Status::new(Code::DeadlineExceeded, format!("`{method}` did not finish before its deadline"))),
-                    }
-                }
-            }
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+    ) -> PendingCall {
+        PendingCall {
+            target: self.clone(),
+            method: method.into(),
+            args,
+            deadline,
+            scope,
         }
     }
+
+    /// Calls a stream method: the items arrive under credit flow control
+    /// (a window of 32 unless the session or `options` say otherwise).
+    /// Nothing is sent until the stream is first polled; dropping it cancels
+    /// the stream at the callee.
+    pub fn call_stream(&self, method: &str, args: Value) -> ItemStream {
+        self.call_stream_with(method, args, StreamOptions::default())
+    }
+
+    /// Calls a stream method with options.
+    pub fn call_stream_with(
+        &self,
+        method: &str,
+        args: Value,
+        options: StreamOptions,
+    ) -> ItemStream {
+        let scope = current_scope();
+        let deadline = call_deadline(options.timeout, scope.as_ref());
+        ItemStream::new(self.pending(method, args, deadline, scope), options.window)
+    }
+}
+
+/// A call's deadline: its own timeout, never past its parent's deadline.
+fn call_deadline(timeout: Option<Duration>, scope: Option<&CallScope>) -> Option<Instant> {
+    let mut deadline = timeout.map(|t| Instant::now() + t);
+    if let Some(parent) = scope.and_then(|s| s.deadline) {
+        deadline = Some(deadline.map_or(parent, |d| d.min(parent)));
+    }
+    deadline
+}
+
+/// The context of a call to an object in this process.
+fn local_context(
+    method: &str,
+    deadline: Option<Instant>,
+    scope: Option<&CallScope>,
+) -> CallContext {
+    let att = Arc::new(Attestation::new(TransportKind::Memory));
+    let mut ctx = CallContext::local(method, deadline, att);
+    if let Some(s) = scope {
+        ctx.cancel = s.cancel.child_token();
+    }
+    ctx
+}
+
+/// Calls an object in this process, with the call's deadline and its
+/// parent's cancellation.
+pub(crate) async fn call_local(
+    object: Arc<dyn Object>,
+    method: &str,
+    args: Value,
+    deadline: Option<Instant>,
+    scope: Option<CallScope>,
+) -> Result<Value, Status> {
+    let ctx = local_context(method, deadline, scope.as_ref());
+    let cancel = ctx.cancel.clone();
+    let call = object.call(method, args, ctx);
+    tokio::select! {
+        r = call => r,
+        _ = cancel.cancelled() => Err(Status::new(Code::Cancelled, "the parent call was cancelled")),
+        _ = crate::session::sleep_until(deadline) => Err(Status::new(
+            Code::DeadlineExceeded,
+            format!("`{method}` did not finish before its deadline"),
+        )),
+    }
+}
+
+/// Opens a stream on an object in this process.
+pub(crate) async fn call_stream_local(
+    object: Arc<dyn Object>,
+    method: &str,
+    args: Value,
+    deadline: Option<Instant>,
+    scope: Option<CallScope>,
+) -> Result<Items, Status> {
+    let ctx = local_context(method, deadline, scope.as_ref());
+    object.call_stream(method, args, ctx).await
 }
 
 /// A capability is itself an object: calls are forwarded to it. This is how
@@ -196,6 +271,23 @@ impl Object for Capability {
             .boxed()
     }
 
+    fn call_stream(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Items, Status>> {
+        let timeout = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let options = StreamOptions {
+            timeout,
+            ..StreamOptions::default()
+        };
+        let items = Capability::call_stream_with(&self, method, args, options);
+        async move { Ok(items.boxed()) }.boxed()
+    }
+
     fn type_name(&self) -> &str {
         "forwarded capability"
     }
@@ -208,6 +300,8 @@ impl fmt::Debug for Capability {
                 write!(f, "Capability(local {})", o.type_name())
             }
             CapKind::Remote(r) => write!(f, "Capability(remote {})", r.id),
+            CapKind::Promised(_, path) => write!(f, "Capability(promised {path:?})"),
+            CapKind::Answer(a) => write!(f, "Capability(answer {})", a.answer),
         }
     }
 }

@@ -44,6 +44,21 @@ pub enum Event {
         /// How it ended.
         outcome: Code,
     },
+    /// A stream call finished (ended, failed or was cancelled).
+    Stream {
+        /// Incoming (we streamed to the peer) or outgoing (the peer streamed to us).
+        direction: Direction,
+        /// The target capability id (`u64::MAX` for a stream on a promised answer).
+        cap: u64,
+        /// The method.
+        method: String,
+        /// The question id.
+        id: u64,
+        /// How long it was open.
+        duration: Duration,
+        /// How it ended.
+        outcome: Code,
+    },
     /// Capabilities were revoked (by us, or by the peer).
     Revoke {
         /// The direction: incoming means the peer revoked its exports.
@@ -86,6 +101,15 @@ pub struct Stats {
     pub answers: usize,
     /// Round trip of the last ping, in microseconds.
     pub last_rtt_us: Option<u64>,
+    /// Stream items sent to the peer.
+    pub stream_items_out: u64,
+    /// Stream items received from the peer.
+    pub stream_items_in: u64,
+    /// The most items any one stream to the peer had unacknowledged at once
+    /// (sent, not yet paid back by credit): never more than its window.
+    pub stream_max_unacked: u64,
+    /// Calls and promises waiting for a kept answer to settle.
+    pub pipelined_waiting: usize,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +121,9 @@ pub(crate) struct Counters {
     pub(crate) calls: [AtomicU64; 14],
     /// Microseconds + 1; 0 means "no ping yet".
     pub(crate) last_rtt: AtomicU64,
+    pub(crate) stream_items_out: AtomicU64,
+    pub(crate) stream_items_in: AtomicU64,
+    pub(crate) stream_max_unacked: AtomicU64,
 }
 
 impl Counters {
@@ -104,6 +131,13 @@ impl Counters {
         if let Some(c) = self.calls.get(usize::from(code.as_u8())) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// One stream item sent, with the stream's unacknowledged count after it.
+    pub(crate) fn stream_item_out(&self, unacked: u64) {
+        self.stream_items_out.fetch_add(1, Ordering::Relaxed);
+        self.stream_max_unacked
+            .fetch_max(unacked, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -121,6 +155,9 @@ impl Counters {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             calls,
             last_rtt_us: rtt.checked_sub(1),
+            stream_items_out: self.stream_items_out.load(Ordering::Relaxed),
+            stream_items_in: self.stream_items_in.load(Ordering::Relaxed),
+            stream_max_unacked: self.stream_max_unacked.load(Ordering::Relaxed),
             ..Stats::default()
         }
     }

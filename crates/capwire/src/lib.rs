@@ -64,15 +64,20 @@ pub mod policy;
 pub mod registry;
 pub mod transport;
 
+pub mod stream;
+
 mod capability;
 mod object;
+mod promise;
 mod session;
 mod value;
 
 pub use capability::{CallOptions, Capability};
 pub use capwire_proto::{Code, Reason, Status};
 pub use events::{Event, Stats};
-pub use object::{CallContext, Methods, Object};
+pub use object::{CallContext, Items, Methods, Object};
+pub use promise::Promise;
 pub use registry::{IfExists, Registry, ServeHandle};
 pub use session::{Limits, Session, SessionConfig};
+pub use stream::{sink, ItemStream, SinkReceiver, SinkWriter, StreamOptions};
 pub use value::Value;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use capwire_proto::{Code, Status};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,25 @@ pub trait Object: Send + Sync + 'static {
         args: Value,
         ctx: CallContext,
     ) -> BoxFuture<'static, Result<Value, Status>>;
+
+    /// Runs a stream method: the items it yields go to the caller under its
+    /// credit, then `end` (or `stream_error` for an `Err` item, which ends
+    /// the stream). The stream is only polled while the caller has granted
+    /// credit, and dropped when the caller cancels. Objects without stream
+    /// methods keep the default, which refuses with `invalid_argument`.
+    fn call_stream(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Items, Status>> {
+        let _ = (args, ctx);
+        let status = Status::new(
+            Code::InvalidArgument,
+            format!("{} has no stream method `{method}`", self.type_name()),
+        );
+        async move { Err(status) }.boxed()
+    }
 
     /// True when `method` may finish after its deadline (the callee then does
     /// not abort it; the caller still stops waiting).
@@ -103,8 +123,14 @@ impl CallContext {
     }
 }
 
+/// The items of a stream answer, as a stream method returns them.
+pub type Items = BoxStream<'static, Result<Value, Status>>;
+
 type Handler =
     Arc<dyn Fn(Value, CallContext) -> BoxFuture<'static, Result<Value, Status>> + Send + Sync>;
+
+type StreamHandler =
+    Arc<dyn Fn(Value, CallContext) -> BoxFuture<'static, Result<Items, Status>> + Send + Sync>;
 
 /// An [`Object`] built from closures, one per method.
 ///
@@ -121,6 +147,7 @@ type Handler =
 pub struct Methods {
     name: String,
     handlers: HashMap<String, Handler>,
+    streams: HashMap<String, StreamHandler>,
     idempotent: Vec<String>,
 }
 
@@ -130,6 +157,7 @@ impl Methods {
         Methods {
             name: name.into(),
             handlers: HashMap::new(),
+            streams: HashMap::new(),
             idempotent: Vec::new(),
         }
     }
@@ -147,6 +175,30 @@ impl Methods {
         self
     }
 
+    /// Adds a stream method: the handler returns the stream of items.
+    ///
+    /// ```
+    /// use capwire::{Methods, Value};
+    /// use futures_util::stream;
+    ///
+    /// let ticker = Methods::new("Ticker").stream("count", |args: Value, _ctx| async move {
+    ///     let (n,): (u64,) = args.decode()?;
+    ///     Ok(stream::iter((0..n).map(|i| Value::new(&i))))
+    /// });
+    /// ```
+    pub fn stream<F, Fut, S>(mut self, name: &str, f: F) -> Methods
+    where
+        F: Fn(Value, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, Status>> + Send + 'static,
+        S: Stream<Item = Result<Value, Status>> + Send + 'static,
+    {
+        self.streams.insert(
+            name.to_owned(),
+            Arc::new(move |args, ctx| f(args, ctx).map(|r| r.map(StreamExt::boxed)).boxed()),
+        );
+        self
+    }
+
     /// Marks a method idempotent: it is not aborted when its deadline passes.
     pub fn idempotent(mut self, name: &str) -> Methods {
         self.idempotent.push(name.to_owned());
@@ -155,7 +207,12 @@ impl Methods {
 
     /// The method names, sorted.
     pub fn method_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .handlers
+            .keys()
+            .chain(self.streams.keys())
+            .cloned()
+            .collect();
         names.sort();
         names
     }
@@ -170,11 +227,46 @@ impl Object for Methods {
     ) -> BoxFuture<'static, Result<Value, Status>> {
         match self.handlers.get(method) {
             Some(h) => h(args, ctx),
+            None if self.streams.contains_key(method) => {
+                let status = Status::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "`{method}` of {} is a stream method: call it as a stream",
+                        self.name
+                    ),
+                );
+                async move { Err(status) }.boxed()
+            }
             None => {
                 let status = Status::new(
                     Code::Unimplemented,
                     format!("{} has no method `{method}`", self.name),
                 );
+                async move { Err(status) }.boxed()
+            }
+        }
+    }
+
+    fn call_stream(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Items, Status>> {
+        match self.streams.get(method) {
+            Some(h) => h(args, ctx),
+            None => {
+                let status = if self.handlers.contains_key(method) {
+                    Status::new(
+                        Code::InvalidArgument,
+                        format!("`{method}` of {} does not stream", self.name),
+                    )
+                } else {
+                    Status::new(
+                        Code::Unimplemented,
+                        format!("{} has no method `{method}`", self.name),
+                    )
+                };
                 async move { Err(status) }.boxed()
             }
         }

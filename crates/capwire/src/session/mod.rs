@@ -7,23 +7,31 @@
 
 mod answers;
 mod exports;
+mod flow;
 mod imports;
+mod pipeline;
 mod questions;
 mod runtime;
+mod streams;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use capwire_proto::{
-    codec, Call, CallResult, Cancel, CapDescriptor, Code, Codec, Frame, Goaway, Hello, HelloLimits,
-    Outcome, Payload, Ping, Pong, Reason, Release, Revoked, Status, Target, BOOTSTRAP_CAP,
-    PROTOCOL_VERSION, RUNTIME_CAP,
+    codec, Call, CallResult, Cancel, CapDescriptor, Code, Codec, Finish, Frame, Goaway, Hello,
+    HelloLimits, Outcome, PathSeg, Payload, Ping, Pong, Reason, Release, Revoked, Status,
+    StreamEnd, StreamError, StreamItem, Target, BOOTSTRAP_CAP, PROTOCOL_VERSION, RUNTIME_CAP,
 };
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -33,14 +41,19 @@ use crate::capability::{CapKind, Capability, RemoteCap};
 use crate::events::{Counters, Direction, Event, Stats};
 use crate::object::{CallContext, Object};
 use crate::policy::{self, BootstrapRequest, Policy};
+use crate::promise::{KeptQuestion, Sent};
 use crate::registry::{Registry, RevocationSink};
 use crate::transport::{CloseReason, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::value::Value;
 
-use answers::Answers;
+use answers::{AnswerKind, Answers, Pipeline};
 use exports::Exports;
+use flow::Credit;
 use imports::{Imports, RevokedIds};
-use questions::Questions;
+pub(crate) use pipeline::AnswerRef;
+use pipeline::{object_of, Failing, Queued};
+use questions::{Meta, Questions, Reply};
+pub(crate) use streams::RemoteItems;
 
 /// Per-connection limits. Each one exceeded answers `resource_exhausted`
 /// with a reason naming the limit.
@@ -58,6 +71,11 @@ pub struct Limits {
     pub max_depth: usize,
     /// Revoked ids remembered to fail later calls without a round trip. Default 4096.
     pub max_revoked_remembered: usize,
+    /// Stream answers open to the peer at once. Default 256 (`max_open_streams`).
+    pub max_open_streams: usize,
+    /// Calls and promises from the peer waiting for a kept answer to settle.
+    /// Default 1024 (`max_pending_pipelined`).
+    pub max_pending_pipelined: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +86,8 @@ impl Default for Limits {
             max_in_flight_out: 1024,
             max_depth: 64,
             max_revoked_remembered: 4096,
+            max_open_streams: 256,
+            max_pending_pipelined: 1024,
         }
     }
 }
@@ -92,6 +112,9 @@ pub struct SessionConfig {
     pub close_grace: Duration,
     /// Events buffered per subscriber before the oldest are dropped. Default 1024.
     pub event_buffer: usize,
+    /// Items a stream call grants up front, and the credit batch (half of
+    /// it) given back as they are consumed. Default 32.
+    pub stream_window: u32,
 }
 
 impl Default for SessionConfig {
@@ -104,6 +127,7 @@ impl Default for SessionConfig {
             deadline_grace: Duration::from_millis(500),
             close_grace: Duration::from_secs(5),
             event_buffer: 1024,
+            stream_window: crate::stream::DEFAULT_WINDOW,
         }
     }
 }
@@ -173,8 +197,8 @@ pub(crate) struct Shared {
     counters: Counters,
     closed: CancellationToken,
     runtime: Arc<dyn Object>,
-    /// Dropped import handles, processed by the release task.
-    releases: mpsc::UnboundedSender<(u64, u64)>,
+    /// Dropped handles, processed by the release task.
+    releases: mpsc::UnboundedSender<Dropped>,
     /// Largest frame the peer announced it accepts; unlimited until its hello.
     peer_max_frame: AtomicUsize,
     /// Frames waiting for room in the transport queue (see `send_nowait`).
@@ -191,6 +215,15 @@ pub(crate) struct Shared {
 struct Overflow {
     waiting: AtomicUsize,
     drained: Notify,
+}
+
+/// A handle dropped where the session lock may be held: the release task
+/// does the table work and sends the frame.
+pub(crate) enum Dropped {
+    /// The last handle of an import: `release`.
+    Import { id: u64, serial: u64 },
+    /// The last handle of a kept question: `finish`.
+    Kept(u64),
 }
 
 /// Overflowing frames the reader tolerates before it stops reading.
@@ -263,10 +296,13 @@ impl Session {
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
-            while let Some((id, serial)) = released.recv().await {
-                match weak.upgrade() {
-                    Some(shared) => shared.drop_import(id, serial),
-                    None => return,
+            while let Some(dropped) = released.recv().await {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                match dropped {
+                    Dropped::Import { id, serial } => shared.drop_import(id, serial),
+                    Dropped::Kept(id) => shared.drop_kept(id),
                 }
             }
         });
@@ -368,7 +404,7 @@ impl Session {
             settled.as_mut().enable();
             {
                 let st = shared.lock();
-                if st.ended.is_some() || (st.answers.len() == 0 && st.questions.len() == 0) {
+                if st.ended.is_some() || (st.answers.running() == 0 && st.questions.len() == 0) {
                     break;
                 }
             }
@@ -449,6 +485,7 @@ impl Shared {
         stats.imports = st.imports.len();
         stats.questions = st.questions.len();
         stats.answers = st.answers.len();
+        stats.pipelined_waiting = st.answers.pending_pipelined();
         stats
     }
 
@@ -573,7 +610,86 @@ impl Shared {
     }
 
     pub(crate) fn queue_release(&self, id: u64, serial: u64) {
-        let _ = self.releases.send((id, serial));
+        let _ = self.releases.send(Dropped::Import { id, serial });
+    }
+
+    pub(crate) fn queue_finish(&self, id: u64) {
+        let _ = self.releases.send(Dropped::Kept(id));
+    }
+
+    /// The last handle to kept question `id` is gone: the callee may free
+    /// the answer (and cancels it if it has not settled).
+    fn drop_kept(self: &Arc<Self>, id: u64) {
+        let unsettled = {
+            let mut st = self.lock();
+            if st.ended.is_some() {
+                return;
+            }
+            st.questions.remove(id)
+        };
+        if let Some(q) = unsettled {
+            if let Reply::Kept { meta, .. } = q.reply {
+                self.record_outgoing(q.cap, id, meta, Code::Cancelled, false);
+            }
+            self.settled.notify_waiters();
+        }
+        self.send_nowait(Frame::Finish(Finish { id }));
+    }
+
+    /// Counts and reports a kept or stream question that ended.
+    fn record_outgoing(&self, cap: Option<u64>, id: u64, meta: Meta, outcome: Code, stream: bool) {
+        self.counters.call_done(outcome);
+        let cap = cap.unwrap_or(u64::MAX);
+        let duration = meta.started.elapsed();
+        let method = meta.method;
+        self.emit(if stream {
+            Event::Stream {
+                direction: Direction::Outgoing,
+                cap,
+                method,
+                id,
+                duration,
+                outcome,
+            }
+        } else {
+            Event::Call {
+                direction: Direction::Outgoing,
+                cap,
+                method,
+                id,
+                duration,
+                outcome,
+            }
+        });
+    }
+
+    /// The consumer of stream `id` took `n` items: the callee may send `n` more.
+    pub(crate) fn grant(&self, id: u64, n: u32) {
+        {
+            let mut st = self.lock();
+            match st.questions.get_mut(id).map(|q| &mut q.reply) {
+                Some(Reply::Stream {
+                    tx: Some(_),
+                    credit,
+                    ..
+                }) => *credit = credit.saturating_add(u64::from(n)),
+                _ => return,
+            }
+        }
+        self.send_nowait(Frame::Credit(capwire_proto::Credit { id, n }));
+    }
+
+    /// The consumer of stream `id` went away: `cancel`. The question stays
+    /// until its terminal frame, so items still in flight are not violations.
+    pub(crate) fn cancel_stream(&self, id: u64) {
+        {
+            let mut st = self.lock();
+            match st.questions.get_mut(id).map(|q| &mut q.reply) {
+                Some(Reply::Stream { tx, .. }) if tx.is_some() => *tx = None,
+                _ => return,
+            }
+        }
+        self.send_nowait(Frame::Cancel(Cancel { id }));
     }
 
     fn drop_import(self: &Arc<Self>, id: u64, serial: u64) {
@@ -629,13 +745,47 @@ impl Shared {
             CapKind::Remote(r) if std::ptr::eq(r.session.as_ptr(), Arc::as_ptr(self)) => {
                 Ok(CapDescriptor::Import(r.id))
             }
-            CapKind::Remote(_) => {
-                let forward: Arc<dyn Object> = Arc::new(cap.clone());
-                st.exports
-                    .export(&forward, None, max)
-                    .map(CapDescriptor::Export)
-            }
+            CapKind::Promised(core, path) => match core.sent() {
+                Some(Sent::Kept(k)) if std::ptr::eq(k.session.as_ptr(), Arc::as_ptr(self)) => {
+                    Ok(CapDescriptor::Answer {
+                        id: k.id,
+                        path: path.to_vec(),
+                    })
+                }
+                _ => self.describe_forward(st, cap),
+            },
+            CapKind::Answer(answer) => match answer.get() {
+                Some(Ok(resolved)) => self.describe_cap(st, &resolved),
+                _ => self.describe_forward(st, cap),
+            },
+            CapKind::Remote(_) => self.describe_forward(st, cap),
         }
+    }
+
+    /// Exports a capability hosted elsewhere (another connection, a promise)
+    /// as a forwarding object: calls on it are passed on.
+    fn describe_forward(
+        self: &Arc<Self>,
+        st: &mut State,
+        cap: &Capability,
+    ) -> Result<CapDescriptor, Status> {
+        let forward: Arc<dyn Object> = Arc::new(cap.clone());
+        st.exports
+            .export(&forward, None, self.config.limits.max_exports)
+            .map(CapDescriptor::Export)
+    }
+
+    /// An outgoing value in this session's codec, with its capabilities described.
+    fn describe_value(
+        self: &Arc<Self>,
+        st: &mut State,
+        value: &Value,
+    ) -> Result<(Payload, Vec<CapDescriptor>), Status> {
+        let payload = value
+            .payload
+            .transcode(self.codec)
+            .map_err(|e| Status::new(Code::Internal, format!("cannot encode the value: {e}")))?;
+        Ok((payload, self.describe_caps(st, &value.caps)?))
     }
 
     /// Turns the descriptors of an incoming value into capabilities.
@@ -676,16 +826,124 @@ impl Shared {
                         format!("capability {id} is not exported"),
                     )),
                 },
-                CapDescriptor::Answer { .. } => Err(Status::new(
-                    Code::Unimplemented,
-                    "promised answers as arguments are not supported yet",
-                )),
+                CapDescriptor::Answer { id, path } => {
+                    match st.answers.pipeline_target(id, &path)? {
+                        Some(resolved) => Ok(resolved),
+                        None => {
+                            let max = self.config.limits.max_pending_pipelined;
+                            if st.answers.pending_pipelined() >= max {
+                                return Err(Status::limit(
+                                    Reason::MAX_PENDING_PIPELINED,
+                                    max as u64,
+                                ));
+                            }
+                            let answer = Arc::new(AnswerRef::new(id, me.clone()));
+                            st.answers.enqueue(
+                                id,
+                                Queued::Promise {
+                                    path,
+                                    answer: answer.clone(),
+                                },
+                            );
+                            Ok(Capability {
+                                kind: CapKind::Answer(answer),
+                            })
+                        }
+                    }
+                }
             })
             .collect()
     }
 
-    /// Makes a call on the peer's capability and waits for its answer.
-    pub(crate) async fn call(
+    /// Sends the promises among `args` that go to this session first, so
+    /// that they can travel as `answer` descriptors ([S14]).
+    async fn send_arg_promises(self: &Arc<Self>, args: &Value) {
+        let me = Arc::as_ptr(self) as usize;
+        for cap in &args.caps {
+            if let CapKind::Promised(core, _) = &cap.kind {
+                if core.session() == Some(me) {
+                    core.ensure_sent().await;
+                }
+            }
+        }
+    }
+
+    /// Registers a question and builds its `call` frame. Nothing is sent yet.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        self: &Arc<Self>,
+        target: Target,
+        cap: Option<u64>,
+        method: &str,
+        args: &Value,
+        deadline: Option<Instant>,
+        parent: Option<u64>,
+        reply: Reply,
+        keep: bool,
+        stream: Option<u32>,
+    ) -> Result<(u64, Frame), Status> {
+        let payload = args
+            .payload
+            .transcode(self.codec)
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+        let mut st = self.lock();
+        if let Some(s) = st.ended.as_ref().or(st.draining.as_ref()) {
+            return Err(Status::unavailable(format!(
+                "cannot call `{method}`: {}",
+                s.message
+            )));
+        }
+        if let Some(cap) = cap {
+            if st.revoked_imports.contains(cap) {
+                return Err(Status::revoked(format!("capability {cap}")));
+            }
+        }
+        let max = self.config.limits.max_in_flight_out;
+        if st.questions.len() >= max {
+            return Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max as u64));
+        }
+        let caps = self.describe_caps(&mut st, &args.caps)?;
+        let id = st.questions.insert(cap, reply);
+        drop(st);
+        let deadline_ms = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        let frame = Frame::Call(Call {
+            id,
+            target,
+            method: method.to_owned(),
+            args: payload,
+            caps,
+            parent,
+            deadline_ms,
+            keep,
+            stream,
+        });
+        Ok((id, frame))
+    }
+
+    /// Sends a prepared call. If it cannot be sent (too big, or the
+    /// connection is gone), the question and the introductions it carried
+    /// are taken back: there is nothing to cancel.
+    async fn send_question(self: &Arc<Self>, id: u64, frame: Frame) -> Result<(), Status> {
+        let caps = match &frame {
+            Frame::Call(call) if !call.caps.is_empty() => call.caps.clone(),
+            _ => Vec::new(),
+        };
+        let result = self.send(frame).await;
+        if result.is_err() {
+            let mut st = self.lock();
+            st.questions.remove(id);
+            st.exports.unsend(&caps);
+            drop(st);
+            self.settled.notify_waiters();
+        }
+        result
+    }
+
+    /// A plain call on the peer's capability `remote`.
+    pub(crate) async fn call_remote(
         self: &Arc<Self>,
         remote: &Arc<RemoteCap>,
         method: &str,
@@ -693,66 +951,73 @@ impl Shared {
         deadline: Option<Instant>,
         scope: Option<CallScope>,
     ) -> Result<Value, Status> {
-        let started = Instant::now();
-        let cap = remote.id;
-        let payload = args
-            .payload
-            .transcode(self.codec)
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        let (id, reply, caps) = {
-            let mut st = self.lock();
-            if let Some(s) = st.ended.as_ref().or(st.draining.as_ref()) {
-                return Err(Status::unavailable(format!(
-                    "cannot call `{method}`: {}",
-                    s.message
-                )));
-            }
-            if st.revoked_imports.contains(cap) {
-                return Err(Status::revoked(format!("capability {cap}")));
-            }
-            let max = self.config.limits.max_in_flight_out;
-            if st.questions.len() >= max {
-                return Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max as u64));
-            }
-            let caps = self.describe_caps(&mut st, &args.caps)?;
-            let (id, reply) = st.questions.insert(cap);
-            (id, reply, caps)
+        self.call_plain(
+            Target::Cap(remote.id),
+            Some(remote.id),
+            method,
+            args,
+            deadline,
+            scope,
+        )
+        .await
+    }
+
+    /// A plain call on the capability at `path` of kept question `answer`.
+    pub(crate) async fn call_answer(
+        self: &Arc<Self>,
+        answer: u64,
+        path: &[PathSeg],
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+    ) -> Result<Value, Status> {
+        let target = Target::Answer {
+            id: answer,
+            path: path.to_vec(),
         };
+        self.call_plain(target, None, method, args, deadline, scope)
+            .await
+    }
+
+    /// Makes a plain call and waits for its answer (two frames, nothing kept).
+    async fn call_plain(
+        self: &Arc<Self>,
+        target: Target,
+        cap: Option<u64>,
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+    ) -> Result<Value, Status> {
+        let started = Instant::now();
+        self.send_arg_promises(&args).await;
+        let (tx, reply) = oneshot::channel();
+        let parent = scope.as_ref().map(|s| s.answer);
+        let (id, frame) = self.prepare(
+            target,
+            cap,
+            method,
+            &args,
+            deadline,
+            parent,
+            Reply::Once(tx),
+            false,
+            None,
+        )?;
         let mut guard = QuestionGuard {
             shared: self.clone(),
             id,
-            cap,
+            cap: cap.unwrap_or(u64::MAX),
             method: method.to_owned(),
             started,
             pending: true,
             recorded: false,
         };
-        let deadline_ms = deadline.map(|d| {
-            let left = d.saturating_duration_since(started);
-            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
-        });
-        let frame = Frame::Call(Call {
-            id,
-            target: Target::Cap(cap),
-            method: method.to_owned(),
-            args: payload,
-            caps: caps.clone(),
-            parent: scope.as_ref().map(|s| s.answer),
-            deadline_ms,
-            keep: false,
-            stream: None,
-        });
         let span = tracing::debug_span!("call", cap, method, id);
         let outcome = async {
-            if let Err(status) = self.send(frame).await {
-                // Never sent (too big, or the connection is gone): there is
-                // nothing to cancel, and the introductions never left.
-                let mut st = self.lock();
-                st.questions.remove(id);
-                st.exports.unsend(&caps);
-                drop(st);
+            if let Err(status) = self.send_question(id, frame).await {
                 guard.pending = false;
-                self.settled.notify_waiters();
                 return Err(status);
             }
             let parent = scope.map(|s| s.cancel);
@@ -773,7 +1038,113 @@ impl Shared {
         guard.record(outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok));
         // Still pending after a deadline or a cancelled parent: this sends `cancel`.
         drop(guard);
+        // The promises among the arguments stay alive until the answer came.
+        drop(args);
         outcome
+    }
+
+    /// Sends a kept call: its answer stays at the callee, for pipelining,
+    /// until the returned question is dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn call_kept(
+        self: &Arc<Self>,
+        cap: Option<u64>,
+        answer: Option<(u64, Arc<[PathSeg]>)>,
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+        target_handle: Capability,
+    ) -> Result<Arc<KeptQuestion>, Status> {
+        self.send_arg_promises(&args).await;
+        let target = match (&answer, cap) {
+            (Some((id, path)), _) => Target::Answer {
+                id: *id,
+                path: path.to_vec(),
+            },
+            (None, Some(cap)) => Target::Cap(cap),
+            (None, None) => return Err(Status::new(Code::Internal, "a kept call needs a target")),
+        };
+        let (tx, rx) = watch::channel(None);
+        let meta = Meta {
+            method: method.to_owned(),
+            started: Instant::now(),
+        };
+        let parent = scope.as_ref().map(|s| s.answer);
+        let (id, frame) = self.prepare(
+            target,
+            cap,
+            method,
+            &args,
+            deadline,
+            parent,
+            Reply::Kept { tx, meta },
+            true,
+            None,
+        )?;
+        let mut deps = args.caps.clone();
+        deps.push(target_handle);
+        let kept = Arc::new(KeptQuestion {
+            session: Arc::downgrade(self),
+            id,
+            result: rx,
+            _deps: deps,
+        });
+        self.send_question(id, frame).await?;
+        Ok(kept)
+    }
+
+    /// Sends a stream call granting `window` items up front.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open_stream(
+        self: &Arc<Self>,
+        cap: Option<u64>,
+        answer: Option<(u64, Arc<[PathSeg]>)>,
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+        window: Option<u32>,
+        mut deps: Vec<Capability>,
+    ) -> Result<RemoteItems, Status> {
+        let window = window.unwrap_or(self.config.stream_window).max(1);
+        self.send_arg_promises(&args).await;
+        let target = match (&answer, cap) {
+            (Some((id, path)), _) => Target::Answer {
+                id: *id,
+                path: path.to_vec(),
+            },
+            (None, Some(cap)) => Target::Cap(cap),
+            (None, None) => {
+                return Err(Status::new(Code::Internal, "a stream call needs a target"))
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let meta = Meta {
+            method: method.to_owned(),
+            started: Instant::now(),
+        };
+        let parent = scope.as_ref().map(|s| s.answer);
+        let reply = Reply::Stream {
+            tx: Some(tx),
+            credit: u64::from(window),
+            meta,
+        };
+        let (id, frame) = self.prepare(
+            target,
+            cap,
+            method,
+            &args,
+            deadline,
+            parent,
+            reply,
+            false,
+            Some(window),
+        )?;
+        deps.extend(args.caps.iter().cloned());
+        let items = RemoteItems::new(self.clone(), id, rx, window, deps);
+        self.send_question(id, frame).await?;
+        Ok(items)
     }
 
     /// Handles one decoded frame. An `Err` is a connection-fatal violation.
@@ -781,18 +1152,25 @@ impl Shared {
         match frame {
             Frame::Hello(_) => Err(Status::protocol_violation("a second hello")),
             Frame::Call(call) => self.handle_call(call),
-            Frame::Result(result) => {
-                self.handle_result(result);
-                Ok(())
-            }
+            Frame::Result(result) => self.handle_result(result),
             Frame::Cancel(Cancel { id }) => {
-                self.lock().answers.stop(
-                    id,
-                    Status::new(Code::Cancelled, "the caller cancelled the call"),
-                );
+                let status = Status::new(Code::Cancelled, "the caller cancelled the call");
+                let queued = self.lock().answers.stop(id, status.clone());
+                if let Some(q) = queued {
+                    // It never started: answered here ([S21]).
+                    self.reject(id, q.stream, status);
+                    self.settled.notify_waiters();
+                }
                 Ok(())
             }
-            Frame::Finish(_) => Ok(()),
+            Frame::Finish(Finish { id }) => {
+                let freed = self.lock().answers.finish(id);
+                if freed.is_some() {
+                    drop(freed);
+                    self.settled.notify_waiters();
+                }
+                Ok(())
+            }
             Frame::Release(Release { cap, n }) => self.lock().exports.release(cap, n),
             Frame::Revoked(Revoked { caps }) => {
                 self.handle_revoked(caps);
@@ -820,15 +1198,17 @@ impl Shared {
                 }
                 Ok(())
             }
-            // This side never makes stream calls, so no id is a stream
-            // question ([S20]); credit for an unknown stream is ignored.
-            Frame::Credit(_) => Ok(()),
-            other @ (Frame::Item(_) | Frame::End(_) | Frame::StreamError(_)) => {
-                Err(Status::protocol_violation(format!(
-                    "`{}` for a question that is not a stream",
-                    other.op()
-                )))
+            Frame::Credit(capwire_proto::Credit { id, n }) => {
+                // Unknown or ended streams: the credit crossed the terminal frame.
+                let credit = self.lock().answers.credit(id);
+                if let Some(credit) = credit {
+                    credit.grant(n);
+                }
+                Ok(())
             }
+            Frame::Item(item) => self.handle_item(item),
+            Frame::End(StreamEnd { id }) => self.handle_stream_end(id, None),
+            Frame::StreamError(StreamError { id, err }) => self.handle_stream_end(id, Some(err)),
             other => Err(Status::protocol_violation(format!(
                 "unexpected `{}` frame",
                 other.op()
@@ -836,13 +1216,24 @@ impl Shared {
         }
     }
 
-    fn handle_result(self: &Arc<Self>, result: CallResult) {
+    fn handle_result(self: &Arc<Self>, result: CallResult) -> Result<(), Status> {
         let max_depth = self.config.limits.max_depth;
         let mut st = self.lock();
-        // A result for a question we stopped waiting on (cancelled, timed out) is dropped.
         let Some(question) = st.questions.remove(result.id) else {
-            return;
+            // A result for a question we stopped waiting on (cancelled, timed
+            // out, finished) is dropped ([S19]); what it introduced goes back.
+            drop(st);
+            if let Outcome::Ok { caps, .. } = result.outcome {
+                self.release_unwanted(&caps);
+            }
+            return Ok(());
         };
+        if matches!(question.reply, Reply::Stream { .. }) {
+            return Err(Status::protocol_violation(format!(
+                "`result` for question {}, which is a stream",
+                result.id
+            )));
+        }
         let outcome = match result.outcome {
             // The caps are imported even when the value is refused: dropping
             // them then releases the introductions the peer counted.
@@ -859,7 +1250,104 @@ impl Shared {
         };
         drop(st);
         self.settled.notify_waiters();
-        let _ = question.reply.send(outcome);
+        let cap = question.cap;
+        match question.reply {
+            Reply::Kept { tx, meta } => {
+                let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
+                tx.send_replace(Some(outcome));
+                self.record_outgoing(cap, result.id, meta, code, false);
+            }
+            reply => questions::Question { cap, reply }.settle(outcome),
+        }
+        Ok(())
+    }
+
+    /// Hands back the introductions of a value nobody will receive.
+    fn release_unwanted(&self, caps: &[CapDescriptor]) {
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        for d in caps {
+            if let CapDescriptor::Export(id) = d {
+                if *id != BOOTSTRAP_CAP && *id != RUNTIME_CAP {
+                    *counts.entry(*id).or_default() += 1;
+                }
+            }
+        }
+        for (cap, n) in counts {
+            self.send_nowait(Frame::Release(Release { cap, n }));
+        }
+    }
+
+    fn handle_item(self: &Arc<Self>, item: StreamItem) -> Result<(), Status> {
+        let StreamItem { id, value, caps } = item;
+        let max_depth = self.config.limits.max_depth;
+        let mut st = self.lock();
+        let tx = match st.questions.get_mut(id).map(|q| &mut q.reply) {
+            Some(Reply::Stream { tx, credit, .. }) => {
+                if *credit == 0 {
+                    return Err(Status::protocol_violation(format!(
+                        "`item` for stream {id} beyond the credit granted"
+                    )));
+                }
+                *credit -= 1;
+                tx.clone()
+            }
+            _ => {
+                return Err(Status::protocol_violation(format!(
+                    "`item` for question {id}, which is not an open stream"
+                )))
+            }
+        };
+        let Some(tx) = tx else {
+            // Cancelled: discarded, its introductions handed back.
+            drop(st);
+            self.release_unwanted(&caps);
+            return Ok(());
+        };
+        let item = self.resolve_caps(&mut st, caps).and_then(|caps| {
+            if value.exceeds_depth(max_depth) {
+                return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
+            }
+            Ok(Value {
+                payload: value,
+                caps,
+            })
+        });
+        drop(st);
+        self.counters
+            .stream_items_in
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(item);
+        Ok(())
+    }
+
+    /// `end` (`err` = `None`) or `stream_error` for stream question `id`.
+    fn handle_stream_end(self: &Arc<Self>, id: u64, err: Option<Status>) -> Result<(), Status> {
+        let question = {
+            let mut st = self.lock();
+            match st.questions.is_stream(id) {
+                // A cancelled stream stays a question until its terminal
+                // frame, so there is no legitimate terminal for other ids.
+                None | Some(false) => {
+                    return Err(Status::protocol_violation(format!(
+                        "stream terminal frame for question {id}, which is not an open stream"
+                    )))
+                }
+                Some(true) => st.questions.remove(id),
+            }
+        };
+        self.settled.notify_waiters();
+        let Some(question) = question else {
+            return Ok(());
+        };
+        let cap = question.cap;
+        if let Reply::Stream { tx, meta, .. } = question.reply {
+            let code = err.as_ref().map_or(Code::Ok, |s| s.code);
+            if let (Some(tx), Some(err)) = (tx, err) {
+                let _ = tx.send(Err(err));
+            }
+            self.record_outgoing(cap, id, meta, code, true);
+        }
+        Ok(())
     }
 
     fn handle_revoked(self: &Arc<Self>, mut caps: Vec<u64>) {
@@ -877,7 +1365,8 @@ impl Shared {
                     releases.push(Release { cap: *id, n });
                 }
             }
-            (st.questions.take_for_caps(&caps), releases)
+            let status = Status::revoked("the capability");
+            (st.questions.fail_for_caps(&caps, &status), releases)
         };
         for release in releases {
             self.send_nowait(Frame::Release(release));
@@ -886,9 +1375,7 @@ impl Shared {
             self.settled.notify_waiters();
         }
         for q in failed {
-            let _ = q
-                .reply
-                .send(Err(Status::revoked(format!("capability {}", q.cap))));
+            q.settle(Err(Status::revoked("the capability")));
         }
         self.emit(Event::Revoke {
             direction: Direction::Incoming,
@@ -897,12 +1384,16 @@ impl Shared {
     }
 
     /// Answers a call with an error at once, without running anything.
-    fn reject(self: &Arc<Self>, id: u64, status: Status) {
+    fn reject(self: &Arc<Self>, id: u64, stream: bool, status: Status) {
         self.counters.call_done(status.code);
-        self.send_nowait(Frame::Result(CallResult {
-            id,
-            outcome: Outcome::Err(status),
-        }));
+        self.send_nowait(if stream {
+            Frame::StreamError(StreamError { id, err: status })
+        } else {
+            Frame::Result(CallResult {
+                id,
+                outcome: Outcome::Err(status),
+            })
+        });
     }
 
     /// Starts answering a call. An `Err` is a connection-fatal violation;
@@ -915,110 +1406,216 @@ impl Shared {
             args,
             caps,
             deadline_ms,
+            keep,
+            stream,
             ..
         } = call;
-        let cap = match target {
-            Target::Cap(cap) => cap,
-            Target::Answer { .. } => {
-                self.reject(
-                    id,
-                    Status::new(
-                        Code::Unimplemented,
-                        "promise pipelining is not supported by this peer yet",
-                    ),
-                );
-                return Ok(());
-            }
-        };
+        let is_stream = stream.is_some();
         let limits = &self.config.limits;
         if args.exceeds_depth(limits.max_depth) {
-            self.reject(
-                id,
-                Status::limit(Reason::MAX_VALUE_DEPTH, limits.max_depth as u64),
-            );
+            let status = Status::limit(Reason::MAX_VALUE_DEPTH, limits.max_depth as u64);
+            self.reject(id, is_stream, status);
             return Ok(());
         }
         let started = Instant::now();
         let deadline = deadline_ms.map(|ms| started + Duration::from_millis(ms));
-        let (object, cancel, args) = {
-            let mut st = self.lock();
-            if st.answers.contains(id) {
-                // Reusing a live question id ([S12]); answering it would cross
-                // two calls' answers, so the connection ends instead.
-                return Err(Status::protocol_violation(format!(
-                    "call {id} reuses the id of a call still running"
-                )));
+        let mut st = self.lock();
+        if st.answers.contains(id) {
+            // Reusing a live question id ([S12]); answering it would cross
+            // two calls' answers, so the connection ends instead.
+            return Err(Status::protocol_violation(format!(
+                "call {id} reuses the id of a call still running"
+            )));
+        }
+        let refused = if let Some(s) = &st.draining {
+            Some(Status::unavailable(s.message.clone()))
+        } else if st.answers.len() >= limits.max_in_flight_in {
+            Some(Status::limit(
+                Reason::MAX_CONCURRENT_CALLS,
+                limits.max_in_flight_in as u64,
+            ))
+        } else if is_stream && st.answers.streams() >= limits.max_open_streams {
+            Some(Status::limit(
+                Reason::MAX_OPEN_STREAMS,
+                limits.max_open_streams as u64,
+            ))
+        } else {
+            None
+        };
+        if let Some(status) = refused {
+            drop(st);
+            self.reject(id, is_stream, status);
+            return Ok(());
+        }
+        // Where the call goes: an object now, or the queue of an answer.
+        let (route, cap) = match target {
+            Target::Cap(cap) => {
+                let object: Option<Arc<dyn Object>> = match cap {
+                    BOOTSTRAP_CAP => None,
+                    RUNTIME_CAP => Some(self.runtime.clone()),
+                    _ => match st.exports.get(cap) {
+                        Some(e) => Some(e.object.clone()),
+                        None => {
+                            let status =
+                                if st.exports.is_revoked(cap) || st.revoked_exports.contains(cap) {
+                                    Status::revoked(format!("capability {cap}"))
+                                } else {
+                                    Status::new(
+                                        Code::NotFound,
+                                        format!("capability {cap} is not exported"),
+                                    )
+                                };
+                            drop(st);
+                            self.reject(id, is_stream, status);
+                            return Ok(());
+                        }
+                    },
+                };
+                (Route::Now(object), Some(cap))
             }
-            if let Some(s) = &st.draining {
-                let status = Status::unavailable(s.message.clone());
-                drop(st);
-                self.reject(id, status);
-                return Ok(());
-            }
-            if st.answers.len() >= limits.max_in_flight_in {
-                drop(st);
-                self.reject(
-                    id,
-                    Status::limit(Reason::MAX_CONCURRENT_CALLS, limits.max_in_flight_in as u64),
-                );
-                return Ok(());
-            }
-            let object: Option<Arc<dyn Object>> = match cap {
-                BOOTSTRAP_CAP => None,
-                RUNTIME_CAP => Some(self.runtime.clone()),
-                _ => match st.exports.get(cap) {
-                    Some(e) => Some(e.object.clone()),
-                    None => {
-                        let status = if st.exports.is_revoked(cap)
-                            || st.revoked_exports.contains(cap)
-                        {
-                            Status::revoked(format!("capability {cap}"))
-                        } else {
-                            Status::new(Code::NotFound, format!("capability {cap} is not exported"))
-                        };
+            Target::Answer { id: answer, path } => {
+                match st.answers.pipeline_target(answer, &path) {
+                    Ok(Some(resolved)) => (Route::Now(Some(object_of(resolved))), None),
+                    Ok(None) if st.answers.pending_pipelined() >= limits.max_pending_pipelined => {
                         drop(st);
-                        self.reject(id, status);
+                        let max = limits.max_pending_pipelined as u64;
+                        self.reject(
+                            id,
+                            is_stream,
+                            Status::limit(Reason::MAX_PENDING_PIPELINED, max),
+                        );
                         return Ok(());
                     }
-                },
-            };
-            let caps = match self.resolve_caps(&mut st, caps) {
-                Ok(caps) => caps,
-                Err(status) => {
-                    drop(st);
-                    self.reject(id, status);
-                    return Ok(());
+                    Ok(None) => (Route::Queue(answer, path), None),
+                    Err(status) => {
+                        drop(st);
+                        self.reject(id, is_stream, status);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let caps = match self.resolve_caps(&mut st, caps) {
+            Ok(caps) => caps,
+            Err(status) => {
+                drop(st);
+                self.reject(id, is_stream, status);
+                return Ok(());
+            }
+        };
+        let credit = stream.map(|window| Arc::new(Credit::new(window)));
+        let kind = match (&credit, keep) {
+            (Some(credit), _) => AnswerKind::Stream(credit.clone()),
+            (None, true) => AnswerKind::Kept(Pipeline::default()),
+            (None, false) => AnswerKind::Plain,
+        };
+        let queued = matches!(route, Route::Queue(..));
+        let (cancel, serial) = st.answers.insert(id, cap, kind, queued);
+        let start = StartAnswer {
+            id,
+            serial,
+            cap,
+            method,
+            args: Value {
+                payload: args,
+                caps,
+            },
+            deadline,
+            cancel,
+            started,
+            credit,
+        };
+        match route {
+            Route::Now(object) => {
+                drop(st);
+                self.start_answer(start, object);
+            }
+            Route::Queue(answer, path) => {
+                let item = Queued::Call {
+                    path,
+                    start: Box::new(start),
+                };
+                st.answers.enqueue(answer, item);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs an answer: inline on this task until its first wait, so that
+    /// calls start in the order they arrived (E-order) and a handler that
+    /// does not wait is answered without a task switch; then as a task.
+    fn start_answer(self: &Arc<Self>, start: StartAnswer, object: Option<Arc<dyn Object>>) {
+        let shared = self.clone();
+        let span =
+            tracing::debug_span!("answer", cap = start.cap, method = %start.method, id = start.id);
+        let run = async move {
+            if let Some(credit) = start.credit.clone() {
+                return shared.run_stream(start, object, credit).await;
+            }
+            let StartAnswer {
+                id,
+                cap,
+                method,
+                args,
+                deadline,
+                cancel,
+                started,
+                ..
+            } = start;
+            let result = match object {
+                None => shared.run_bootstrap(&method, args, deadline, cancel).await,
+                Some(object) => {
+                    shared
+                        .run_handler(object, id, &method, args, deadline, cancel)
+                        .await
                 }
             };
-            let cancel = st.answers.insert(id, cap);
-            (
-                object,
-                cancel,
-                Value {
-                    payload: args,
-                    caps,
-                },
-            )
+            shared
+                .finish_answer(id, cap, &method, started, result)
+                .await;
         };
-        let shared = self.clone();
-        let span = tracing::debug_span!("answer", cap, method = %method, id);
-        tokio::spawn(
-            async move {
-                let result = match object {
-                    None => shared.run_bootstrap(&method, args, deadline, cancel).await,
-                    Some(object) => {
-                        shared
-                            .run_handler(object, id, &method, args, deadline, cancel)
-                            .await
-                    }
+        start_inline(run.instrument(span));
+    }
+
+    /// Delivers what waited for a kept answer, in arrival order.
+    fn deliver(self: &Arc<Self>, item: Queued, resolved: Result<Capability, Status>) {
+        match item {
+            Queued::Promise { answer, .. } => answer.resolve(resolved),
+            Queued::Call { start, .. } => {
+                if !self.lock().answers.dequeue(start.id, start.serial) {
+                    // Cancelled while it waited, and answered then.
+                    return;
+                }
+                let object = match resolved {
+                    Ok(cap) => object_of(cap),
+                    Err(status) => Arc::new(Failing(status)),
                 };
-                shared
-                    .finish_answer(id, cap, &method, started, result)
-                    .await;
+                self.start_answer(*start, Some(object));
             }
-            .instrument(span),
-        );
-        Ok(())
+        }
+    }
+
+    /// Kept answer `id` settled: keep its outcome for pipelining and deliver
+    /// its queue. Calls that arrive meanwhile queue behind ([S15]).
+    fn settle(self: &Arc<Self>, id: u64, outcome: Result<Value, Status>) {
+        let mut batch = self.lock().answers.settle(id, outcome.clone());
+        loop {
+            for item in batch {
+                let resolved = pipeline::resolve(&outcome, item.path());
+                self.deliver(item, resolved);
+            }
+            let next = self.lock().answers.next_batch(id);
+            match next {
+                Ok(more) => batch = more,
+                Err(freed) => {
+                    if freed.is_some() {
+                        drop(freed);
+                        self.settled.notify_waiters();
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// Runs a handler with its cancellation, deadline and call scope.
@@ -1045,7 +1642,8 @@ impl Shared {
             deadline,
             answer: id,
         };
-        let run = SCOPE.scope(scope, object.call(method, args, ctx));
+        let name = method.to_owned();
+        let run = guarded(scope, method, move || object.call(&name, args, ctx));
         let stop_at = if idempotent {
             None
         } else {
@@ -1116,12 +1714,12 @@ impl Shared {
     async fn finish_answer(
         self: &Arc<Self>,
         id: u64,
-        cap: u64,
+        cap: Option<u64>,
         method: &str,
         started: Instant,
         result: Option<Result<Value, Status>>,
     ) {
-        let (outcome, sent_caps, mut code) = {
+        let (outcome, sent_caps, mut code, mut kept) = {
             let mut st = self.lock();
             let Some(stopped) = st.answers.stopped(id) else {
                 return;
@@ -1135,7 +1733,9 @@ impl Shared {
                 st.answers.remove(id);
                 return;
             }
-            match result.and_then(|value| self.describe_result(&mut st, &value)) {
+            // A kept answer keeps what the handler returned, for pipelining.
+            let mut kept = st.answers.is_kept(id).then(|| result.clone());
+            match result.and_then(|value| self.describe_value(&mut st, &value)) {
                 Ok((value, caps)) => (
                     Outcome::Ok {
                         value,
@@ -1143,10 +1743,14 @@ impl Shared {
                     },
                     caps,
                     Code::Ok,
+                    kept,
                 ),
                 Err(status) => {
                     let code = status.code;
-                    (Outcome::Err(status), Vec::new(), code)
+                    if let Some(k) = kept.as_mut() {
+                        *k = Err(status.clone());
+                    }
+                    (Outcome::Err(status), Vec::new(), code, kept)
                 }
             }
         };
@@ -1155,18 +1759,27 @@ impl Shared {
             // that error instead, and the introductions it carried are taken back.
             self.lock().exports.unsend(&sent_caps);
             code = status.code;
+            if let Some(k) = kept.as_mut() {
+                *k = Err(status.clone());
+            }
             self.send_nowait(Frame::Result(CallResult {
                 id,
                 outcome: Outcome::Err(status),
             }));
         }
         // Only now: `close` waits for this entry, so the result goes out first.
-        self.lock().answers.remove(id);
+        match kept {
+            Some(outcome) => self.settle(id, outcome),
+            None => {
+                let freed = self.lock().answers.remove(id);
+                drop(freed);
+            }
+        }
         self.settled.notify_waiters();
         self.counters.call_done(code);
         self.emit(Event::Call {
             direction: Direction::Incoming,
-            cap,
+            cap: cap.unwrap_or(u64::MAX),
             method: method.to_owned(),
             id,
             duration: started.elapsed(),
@@ -1174,33 +1787,23 @@ impl Shared {
         });
     }
 
-    fn describe_result(
-        self: &Arc<Self>,
-        st: &mut State,
-        value: &Value,
-    ) -> Result<(Payload, Vec<CapDescriptor>), Status> {
-        let payload = value
-            .payload
-            .transcode(self.codec)
-            .map_err(|e| Status::new(Code::Internal, format!("cannot encode the result: {e}")))?;
-        Ok((payload, self.describe_caps(st, &value.caps)?))
-    }
-
     /// Ends the session: pending questions fail with `unavailable` (§7.1),
     /// running handlers are stopped, the tables are cleared and the transport
     /// closed. `status` is what [`Session::closed`] reports.
     fn shutdown(self: &Arc<Self>, status: Status) {
-        let questions = {
+        let (questions, answers) = {
             let mut st = self.lock();
             if st.ended.is_some() {
                 return;
             }
             st.ended = Some(status.clone());
             st.answers.stop_all(&status);
+            // Answer entries hold values (and handles): dropped outside the lock.
+            let answers = st.answers.clear();
             st.exports.clear();
             st.imports.clear();
             st.pings.clear();
-            st.questions.drain()
+            (st.questions.drain(), answers)
         };
         let failed = if status.code == Code::Unavailable {
             status.clone()
@@ -1208,8 +1811,9 @@ impl Shared {
             Status::unavailable(format!("the connection closed: {status}"))
         };
         for q in questions {
-            let _ = q.reply.send(Err(failed.clone()));
+            q.settle(Err(failed.clone()));
         }
+        drop(answers);
         // Queued behind everything already sent (a goaway first of all); a
         // task, so that a full queue cannot lose the close.
         let sender = self.sender.clone();
@@ -1286,14 +1890,90 @@ impl RevocationSink for Shared {
     }
 }
 
+/// Everything needed to start answering a call, now or when the answer it
+/// is pipelined on settles.
+pub(crate) struct StartAnswer {
+    id: u64,
+    serial: u64,
+    cap: Option<u64>,
+    method: String,
+    args: Value,
+    deadline: Option<Instant>,
+    cancel: CancellationToken,
+    started: Instant,
+    credit: Option<Arc<Credit>>,
+}
+
+/// Where an incoming call goes.
+enum Route {
+    /// To this object (`None`: the bootstrap object).
+    Now(Option<Arc<dyn Object>>),
+    /// Into the queue of kept answer `.0`, for the capability at path `.1`.
+    Queue(u64, Vec<PathSeg>),
+}
+
+/// Polls `fut` once here, and spawns it only if it has to wait.
+///
+/// Answers start in the order the reader started them, and a handler that
+/// completes without waiting is answered on the reader's task (DESIGN §6: no
+/// thread hop on the hot path). A future that returns `Pending` must have
+/// registered the waker of *this* poll; the spawned task polls it again
+/// first thing, which registers its own.
+fn start_inline(fut: impl Future<Output = ()> + Send + 'static) {
+    let mut fut = Box::pin(fut);
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    // Handlers run inside `guarded`, which turns their panics into errors;
+    // this catches what is left (a bug here), without taking the reader down.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            tokio::spawn(fut);
+        }
+        Err(_) => tracing::error!("an answer panicked outside its handler"),
+    }
+}
+
+/// Runs application code (a handler or stream opener) in the call's scope:
+/// calls it makes belong to this call, and a panic becomes `internal`.
+pub(crate) fn guarded<T: Send + 'static>(
+    scope: CallScope,
+    method: &str,
+    make: impl FnOnce() -> BoxFuture<'static, Result<T, Status>>,
+) -> impl Future<Output = Result<T, Status>> + Send + 'static {
+    let panicked = {
+        let method = method.to_owned();
+        move || {
+            tracing::error!(method = %method, "a handler panicked");
+            Status::new(
+                Code::Internal,
+                format!("the handler of `{method}` panicked"),
+            )
+        }
+    };
+    let made = SCOPE.sync_scope(scope.clone(), || {
+        std::panic::catch_unwind(AssertUnwindSafe(make))
+    });
+    let fut = match made {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .map(move |r| r.unwrap_or_else(|_| Err(panicked())))
+            .boxed(),
+        Err(_) => {
+            let status = panicked();
+            async move { Err(status) }.boxed()
+        }
+    };
+    SCOPE.scope(scope, fut)
+}
+
 /// Runs an answer's future until it ends, is cancelled, or passes `stop_at`.
 /// `None` means it was cancelled; the answer entry says why.
-async fn supervise(
-    run: impl std::future::Future<Output = Result<Value, Status>>,
+async fn supervise<T>(
+    run: impl Future<Output = Result<T, Status>>,
     method: &str,
     stop_at: Option<Instant>,
     cancel: &CancellationToken,
-) -> Option<Result<Value, Status>> {
+) -> Option<Result<T, Status>> {
     tokio::pin!(run);
     // `run` outlives the select so that its token is cancelled before it is
     // dropped: a handler (and the calls it made) being torn down by its
@@ -1311,7 +1991,7 @@ async fn supervise(
     outcome
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -3,14 +3,61 @@
 use std::collections::HashMap;
 
 use capwire_proto::Status;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::value::Value;
 
+/// What a question's caller is told when it is answered.
+pub(crate) enum Reply {
+    /// A plain call: one result, to one waiter.
+    Once(oneshot::Sender<Result<Value, Status>>),
+    /// A kept call: the result is shared by every handle to the promise.
+    Kept {
+        tx: watch::Sender<Option<Result<Value, Status>>>,
+        meta: Meta,
+    },
+    /// A stream call: items, in order; `tx` is `None` once the caller
+    /// cancelled (items still arriving are dropped, their credit still counts).
+    Stream {
+        tx: Option<mpsc::UnboundedSender<Result<Value, Status>>>,
+        /// Items the callee may still send.
+        credit: u64,
+        meta: Meta,
+    },
+}
+
+/// What the events of a kept or stream question report.
+pub(crate) struct Meta {
+    pub(crate) method: String,
+    pub(crate) started: Instant,
+}
+
 pub(crate) struct Question {
-    /// The capability called, so a revocation can fail the call.
-    pub(crate) cap: u64,
-    pub(crate) reply: oneshot::Sender<Result<Value, Status>>,
+    /// The capability called, so a revocation can fail the call; `None` for
+    /// a call on a promised answer.
+    pub(crate) cap: Option<u64>,
+    pub(crate) reply: Reply,
+}
+
+impl Question {
+    /// Gives the caller its outcome. A stream only hears about errors: its
+    /// items went to it as they came.
+    pub(crate) fn settle(self, outcome: Result<Value, Status>) {
+        match self.reply {
+            Reply::Once(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Kept { tx, .. } => {
+                tx.send_replace(Some(outcome));
+            }
+            Reply::Stream { tx, .. } => {
+                if let (Some(tx), Err(status)) = (tx, outcome) {
+                    let _ = tx.send(Err(status));
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -25,28 +72,52 @@ impl Questions {
     }
 
     /// Allocates a question id (never reused on a connection).
-    pub(crate) fn insert(&mut self, cap: u64) -> (u64, oneshot::Receiver<Result<Value, Status>>) {
+    pub(crate) fn insert(&mut self, cap: Option<u64>, reply: Reply) -> u64 {
         self.next += 1;
-        let (tx, rx) = oneshot::channel();
-        self.entries.insert(self.next, Question { cap, reply: tx });
-        (self.next, rx)
+        self.entries.insert(self.next, Question { cap, reply });
+        self.next
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Question> {
+        self.entries.get_mut(&id)
+    }
+
+    pub(crate) fn is_stream(&self, id: u64) -> Option<bool> {
+        self.entries
+            .get(&id)
+            .map(|q| matches!(q.reply, Reply::Stream { .. }))
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<Question> {
         self.entries.remove(&id)
     }
 
-    /// Removes the questions addressed to any of `caps`.
-    pub(crate) fn take_for_caps(&mut self, caps: &[u64]) -> Vec<Question> {
+    /// Fails the questions addressed to any of `caps` with `status`.
+    /// Calls are removed and returned, to be settled outside the lock;
+    /// streams hear the error now and stay until their terminal frame, which
+    /// the callee still sends ([S23]).
+    pub(crate) fn fail_for_caps(&mut self, caps: &[u64], status: &Status) -> Vec<Question> {
         let ids: Vec<u64> = self
             .entries
             .iter()
-            .filter(|(_, q)| caps.contains(&q.cap))
+            .filter(|(_, q)| q.cap.is_some_and(|c| caps.contains(&c)))
             .map(|(id, _)| *id)
             .collect();
-        ids.into_iter()
-            .filter_map(|id| self.entries.remove(&id))
-            .collect()
+        let mut failed = Vec::new();
+        for id in ids {
+            if let Some(Question {
+                reply: Reply::Stream { tx, .. },
+                ..
+            }) = self.entries.get_mut(&id)
+            {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(status.clone()));
+                }
+                continue;
+            }
+            failed.extend(self.entries.remove(&id));
+        }
+        failed
     }
 
     pub(crate) fn drain(&mut self) -> Vec<Question> {

@@ -139,6 +139,62 @@ pub fn demo() -> Methods {
             Err::<Value, _>(Status::new(Code::InvalidArgument, "bad thing"))
         })
         .method("echo", |args: Value, _ctx| async move { Ok(args) })
+        .method("incrementCounter", |args: Value, _ctx| async move {
+            let (_, by): (serde_json::Value, i64) = args.decode()?;
+            args.cap(0)?.call("increment", Value::new(&(by,))?).await
+        })
+        .method("makeNested", |args: Value, ctx| async move {
+            let (start,): (i64,) = args.decode()?;
+            let value = serde_json::json!({"counter": {"$cap": 0}, "list": [1, {"$cap": 0}]});
+            Value::with_caps(&value, vec![ctx.export(counter(start))])
+        })
+        .stream("count", |args: Value, _ctx| async move {
+            let (n,): (u64,) = args.decode()?;
+            Ok(futures_util::stream::iter((0..n).map(|i| Value::new(&i))))
+        })
+}
+
+/// A connected pair over memory whose frames take `delay` each way: a relay
+/// task in the middle holds each frame for `delay`, keeping their order.
+pub fn delayed_pair(registry: Registry, delay: Duration) -> (Session, Session) {
+    let tc = TransportConfig::default();
+    let (client_end, relay_a) = memory_pair(&tc);
+    let (relay_b, server_end) = memory_pair(&tc);
+    let Transport {
+        sender: a_tx,
+        receiver: a_rx,
+        ..
+    } = relay_a;
+    let Transport {
+        sender: b_tx,
+        receiver: b_rx,
+        ..
+    } = relay_b;
+    delay_line(a_rx, b_tx, delay);
+    delay_line(b_rx, a_tx, delay);
+    let server = Session::new(server_end, registry, SessionConfig::default());
+    let client = Session::new(client_end, Registry::new(), SessionConfig::default());
+    (client, server)
+}
+
+fn delay_line(mut from: transport::FrameReceiver, to: transport::FrameSender, delay: Duration) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, bytes::Bytes)>();
+    tokio::spawn(async move {
+        while let Ok(Some(frame)) = from.recv().await {
+            if tx.send((Instant::now() + delay, frame)).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((at, frame)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.send(frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.close(transport::CloseReason::normal()).await;
+    });
 }
 
 pub fn demo_registry() -> (Registry, capwire::ServeHandle) {

@@ -1,0 +1,369 @@
+//! Lazy calls and promise pipelining, the caller's side.
+//!
+//! [`Capability::call`] returns a [`Promise`]: nothing is sent until it is
+//! awaited or pipelined on. Awaited on its own, it goes out as a plain call
+//! (`call`, then `result`: two frames, nothing kept). Pipelined on — a method
+//! called on the capability it will resolve to, or a path of its value passed
+//! as an argument — it goes out as a *kept* call, the pipelined calls go out
+//! right behind it without waiting for its answer, and the answer is
+//! finished when the last handle to it is gone.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use capwire_proto::{Code, PathSeg, Status};
+use futures_util::future::{self, BoxFuture, Shared as SharedFuture};
+use futures_util::FutureExt;
+use tokio::sync::{watch, OnceCell};
+use tokio::time::Instant;
+
+use crate::capability::{CapKind, Capability};
+use crate::session::{CallScope, Shared};
+use crate::value::Value;
+
+/// A call that may not have been sent yet. Await it for the result; call
+/// [`Promise::call`], [`Promise::cap`] or [`Promise::get`] to pipeline on it.
+///
+/// Dropping a promise that was awaited but has not settled cancels the call
+/// at the callee; dropping one that nothing awaited sends nothing at all.
+#[must_use = "a promise does nothing until it is awaited or pipelined on"]
+pub struct Promise {
+    core: Arc<PromiseCore>,
+    wait: Option<BoxFuture<'static, Result<Value, Status>>>,
+}
+
+/// What a promise and the pipelined capabilities made from it share.
+pub(crate) struct PromiseCore {
+    /// The call, until it is sent.
+    pending: Mutex<Option<PendingCall>>,
+    /// How it was sent, once it was sent kept (or run where it cannot be kept).
+    sent: OnceCell<Sent>,
+    deadline: Option<Instant>,
+}
+
+/// A call, described but not sent.
+pub(crate) struct PendingCall {
+    pub(crate) target: Capability,
+    pub(crate) method: Arc<str>,
+    pub(crate) args: Value,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) scope: Option<CallScope>,
+}
+
+/// A promise that was sent.
+pub(crate) enum Sent {
+    /// A kept question on a connection: calls on it travel as pipelined
+    /// targets, and the answer stays at the callee until the question drops.
+    Kept(Arc<KeptQuestion>),
+    /// A result computed here (a local object, or a call whose target is
+    /// itself resolved here): pipelined calls wait for it, then go on.
+    Deferred(SharedFuture<BoxFuture<'static, Result<Value, Status>>>),
+}
+
+/// A kept question: `finish` goes to the callee when it drops.
+pub(crate) struct KeptQuestion {
+    pub(crate) session: Weak<Shared>,
+    pub(crate) id: u64,
+    pub(crate) result: watch::Receiver<Option<Result<Value, Status>>>,
+    /// The promises this call was pipelined on (target and arguments): their
+    /// answers must stay at the callee until this one has settled.
+    pub(crate) _deps: Vec<Capability>,
+}
+
+impl Drop for KeptQuestion {
+    fn drop(&mut self) {
+        // Never locks: a question may be dropped while the session lock is held.
+        if let Some(shared) = self.session.upgrade() {
+            shared.queue_finish(self.id);
+        }
+    }
+}
+
+impl KeptQuestion {
+    async fn wait(&self, deadline: Option<Instant>) -> Result<Value, Status> {
+        let mut rx = self.result.clone();
+        let settled = async {
+            match rx.wait_for(Option::is_some).await {
+                Ok(r) => r.clone().unwrap_or_else(|| Err(closed())),
+                Err(_) => Err(closed()),
+            }
+        };
+        match deadline {
+            None => settled.await,
+            Some(d) => tokio::time::timeout_at(d, settled)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::new(
+                        Code::DeadlineExceeded,
+                        "the call did not answer before its deadline",
+                    ))
+                }),
+        }
+    }
+}
+
+fn closed() -> Status {
+    Status::unavailable("the connection closed")
+}
+
+fn already_awaited() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "this promise is already being awaited as a plain call; pipeline on it before awaiting",
+    )
+}
+
+impl PromiseCore {
+    /// Sends the call kept (once), so that calls can be pipelined on it.
+    pub(crate) fn ensure_sent(self: &Arc<Self>) -> BoxFuture<'_, &Sent> {
+        async move {
+            self.sent
+                .get_or_init(|| async {
+                    let call = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    match call {
+                        Some(call) => call.send_kept().await,
+                        None => {
+                            Sent::Deferred(future::ready(Err(already_awaited())).boxed().shared())
+                        }
+                    }
+                })
+                .await
+        }
+        .boxed()
+    }
+
+    /// How the promise was sent, if it was.
+    pub(crate) fn sent(&self) -> Option<&Sent> {
+        self.sent.get()
+    }
+
+    /// The session the call goes to, if it goes to one: pipelining on the
+    /// wire is possible only there.
+    pub(crate) fn session(&self) -> Option<usize> {
+        if let Some(sent) = self.sent.get() {
+            return match sent {
+                Sent::Kept(k) => Some(k.session.as_ptr() as usize),
+                Sent::Deferred(_) => None,
+            };
+        }
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.as_ref().and_then(|c| c.target.session())
+    }
+
+    /// The call's result, sending it kept first if needed.
+    pub(crate) async fn result(self: &Arc<Self>) -> Result<Value, Status> {
+        match self.ensure_sent().await {
+            Sent::Kept(k) => k.wait(self.deadline).await,
+            Sent::Deferred(f) => f.clone().await,
+        }
+    }
+}
+
+impl PendingCall {
+    /// Sends the call as a plain call and waits for its result.
+    pub(crate) fn run_plain(self) -> BoxFuture<'static, Result<Value, Status>> {
+        async move {
+            let PendingCall {
+                target,
+                method,
+                args,
+                deadline,
+                scope,
+            } = self;
+            match &target.kind {
+                CapKind::Remote(remote) => {
+                    let Some(shared) = remote.session.upgrade() else {
+                        return Err(Status::unavailable("the connection is closed"));
+                    };
+                    shared
+                        .call_remote(remote, &method, args, deadline, scope)
+                        .await
+                }
+                CapKind::Promised(core, path) => match core.ensure_sent().await {
+                    Sent::Kept(k) => {
+                        let Some(shared) = k.session.upgrade() else {
+                            return Err(Status::unavailable("the connection is closed"));
+                        };
+                        // `target` (and so the answer it names) lives until this returns.
+                        shared
+                            .call_answer(k.id, path, &method, args, deadline, scope)
+                            .await
+                    }
+                    Sent::Deferred(f) => {
+                        let cap = resolve_local(f.clone().await, path)?;
+                        cap.pending(&method, args, deadline, scope)
+                            .run_plain()
+                            .await
+                    }
+                },
+                CapKind::Answer(answer) => {
+                    let cap = answer.resolved().await?;
+                    cap.pending(&method, args, deadline, scope)
+                        .run_plain()
+                        .await
+                }
+                CapKind::Local(object) | CapKind::Served { object, .. } => {
+                    crate::capability::call_local(object.clone(), &method, args, deadline, scope)
+                        .await
+                }
+            }
+        }
+        .boxed()
+    }
+
+    /// Sends the call kept, so that calls can be pipelined on its answer.
+    async fn send_kept(self) -> Sent {
+        let PendingCall {
+            target,
+            method,
+            args,
+            deadline,
+            scope,
+        } = self;
+        let shared_target = match &target.kind {
+            CapKind::Remote(remote) => remote.session.upgrade().map(|s| (s, None)),
+            CapKind::Promised(core, path) => match core.ensure_sent().await {
+                Sent::Kept(k) => k.session.upgrade().map(|s| (s, Some((k.id, path.clone())))),
+                Sent::Deferred(_) => None,
+            },
+            _ => None,
+        };
+        match shared_target {
+            Some((shared, answer)) => {
+                let cap = match (&target.kind, &answer) {
+                    (CapKind::Remote(r), _) => Some(r.id),
+                    _ => None,
+                };
+                match shared
+                    .call_kept(cap, answer, &method, args, deadline, scope, target.clone())
+                    .await
+                {
+                    Ok(kept) => Sent::Kept(kept),
+                    Err(status) => Sent::Deferred(future::ready(Err(status)).boxed().shared()),
+                }
+            }
+            None => {
+                // Nothing to pipeline on the wire: compute the result here and
+                // let pipelined calls wait for it.
+                let call = PendingCall {
+                    target,
+                    method,
+                    args,
+                    deadline,
+                    scope,
+                };
+                let fut = call.run_plain();
+                let shared = fut.shared();
+                // Started now, so that it runs even if only pipelined calls wait for it.
+                tokio::spawn(shared.clone().map(drop));
+                Sent::Deferred(shared)
+            }
+        }
+    }
+}
+
+/// The capability at `path` in a value computed here.
+pub(crate) fn resolve_local(
+    value: Result<Value, Status>,
+    path: &[PathSeg],
+) -> Result<Capability, Status> {
+    let value = value?;
+    let n = value.payload.cap_at(path)?;
+    value.cap(n)
+}
+
+impl Promise {
+    pub(crate) fn new(call: PendingCall) -> Promise {
+        let deadline = call.deadline;
+        Promise {
+            core: Arc::new(PromiseCore {
+                pending: Mutex::new(Some(call)),
+                sent: OnceCell::new(),
+                deadline,
+            }),
+            wait: None,
+        }
+    }
+
+    /// The capability this call will return (its result is the capability
+    /// itself, `{"$cap": 0}`), usable before the answer arrives.
+    pub fn cap(&self) -> Capability {
+        self.get(Vec::<PathSeg>::new())
+    }
+
+    /// The capability at `path` in the value this call will return, usable
+    /// before the answer arrives: call it, or pass it as an argument.
+    ///
+    /// ```no_run
+    /// # async fn f(calc: capwire::Capability) -> Result<(), capwire::Status> {
+    /// use capwire::{path, Value};
+    /// // `makeCounter` answers {"counter": <capability>}: one round trip for both calls.
+    /// let made = calc.call("makeCounter", Value::new(&(5,))?);
+    /// let n: i64 = made.get(path!["counter"]).call("increment", Value::new(&(1,))?).await?.decode()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get(&self, path: impl Into<Vec<PathSeg>>) -> Capability {
+        Capability {
+            kind: CapKind::Promised(self.core.clone(), path.into().into()),
+        }
+    }
+
+    /// Calls `method` on the capability this call will return, without
+    /// waiting for it: shorthand for `self.cap().call(method, args)`.
+    pub fn call(&self, method: &str, args: Value) -> Promise {
+        self.cap().call(method, args)
+    }
+}
+
+impl Future for Promise {
+    type Output = Result<Value, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let wait = this.wait.get_or_insert_with(|| {
+            let core = &this.core;
+            // Kept when something pipelines on it (another handle to the core).
+            if core.sent.initialized() || Arc::strong_count(core) > 1 {
+                let core = core.clone();
+                return async move { core.result().await }.boxed();
+            }
+            let call = core
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            match call {
+                Some(call) => call.run_plain(),
+                None => future::ready(Err(already_awaited())).boxed(),
+            }
+        });
+        wait.poll_unpin(cx)
+    }
+}
+
+impl std::fmt::Debug for Promise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match (self.core.sent.get(), self.wait.is_some()) {
+            (Some(Sent::Kept(k)), _) => format!("kept question {}", k.id),
+            (Some(Sent::Deferred(_)), _) => "computed here".to_owned(),
+            (None, true) => "sent".to_owned(),
+            (None, false) => "not sent".to_owned(),
+        };
+        write!(f, "Promise({state})")
+    }
+}
+
+/// Builds a path for [`Promise::get`]: strings are map keys, integers array
+/// indexes. `path!["users", 0, "avatar"]`.
+#[macro_export]
+macro_rules! path {
+    ($($seg:expr),* $(,)?) => {
+        ::std::vec![$($crate::proto::PathSeg::from($seg)),*]
+    };
+}

@@ -1,0 +1,419 @@
+//! Streams with credit-based flow control, both directions.
+//!
+//! **Server → client**: a stream method ([`Methods::stream`](crate::Methods::stream))
+//! answers with items; the caller's [`ItemStream`] grants credit as it
+//! consumes them, so the callee never has more than the window (default 32)
+//! unacknowledged, and a consumer that stops reading stops only its own stream.
+//!
+//! **Client → server**: the receiving side makes a [`sink`] and hands out its
+//! capability; the writing side wraps that capability in a [`SinkWriter`],
+//! which keeps at most the window of writes unacknowledged. Combining the two
+//! gives bidirectional streaming.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use capwire_proto::{Code, Status};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use crate::capability::{call_stream_local, CapKind, Capability};
+use crate::object::{CallContext, Items, Methods, Object};
+use crate::promise::{resolve_local, PendingCall, Promise, Sent};
+use crate::session::RemoteItems;
+use crate::value::Value;
+
+/// The default number of items a stream receiver grants up front.
+pub const DEFAULT_WINDOW: u32 = 32;
+
+/// Options of a stream call.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StreamOptions {
+    /// Items granted up front; the session's `stream_window` when `None`.
+    pub window: Option<u32>,
+    /// How long the whole stream may take; sent to the callee, which ends the
+    /// stream with `deadline_exceeded` when it passes.
+    pub timeout: Option<Duration>,
+}
+
+impl StreamOptions {
+    /// Options with an initial window of `n` items.
+    pub fn window(n: u32) -> StreamOptions {
+        StreamOptions {
+            window: Some(n),
+            ..StreamOptions::default()
+        }
+    }
+}
+
+/// The items of a stream call, as they arrive. Ends after the last item, or
+/// after an `Err` item that says why the stream failed. Dropping it cancels
+/// the stream at the callee.
+pub struct ItemStream {
+    state: StreamState,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+enum StreamState {
+    Idle(Option<PendingCall>, Option<u32>),
+    Opening(BoxFuture<'static, Result<Opened, Status>>),
+    Remote(RemoteItems),
+    Local(Items),
+    Done,
+}
+
+enum Opened {
+    Remote(RemoteItems),
+    Local(Items),
+}
+
+impl ItemStream {
+    pub(crate) fn new(call: PendingCall, window: Option<u32>) -> ItemStream {
+        let deadline = call.deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        ItemStream {
+            state: StreamState::Idle(Some(call), window),
+            deadline,
+        }
+    }
+
+    /// Items received and not yet taken from this stream.
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            StreamState::Remote(r) => r.buffered(),
+            _ => 0,
+        }
+    }
+}
+
+/// Sends the stream call to wherever its target lives.
+fn open(call: PendingCall, window: Option<u32>) -> BoxFuture<'static, Result<Opened, Status>> {
+    async move {
+        let PendingCall {
+            target,
+            method,
+            args,
+            deadline,
+            scope,
+        } = call;
+        match &target.kind {
+            CapKind::Remote(remote) => {
+                let shared = remote
+                    .session
+                    .upgrade()
+                    .ok_or_else(|| Status::unavailable("the connection is closed"))?;
+                shared
+                    .open_stream(
+                        Some(remote.id),
+                        None,
+                        &method,
+                        args,
+                        deadline,
+                        scope,
+                        window,
+                        Vec::new(),
+                    )
+                    .await
+                    .map(Opened::Remote)
+            }
+            CapKind::Promised(core, path) => match core.ensure_sent().await {
+                Sent::Kept(k) => {
+                    let shared = k
+                        .session
+                        .upgrade()
+                        .ok_or_else(|| Status::unavailable("the connection is closed"))?;
+                    let answer = Some((k.id, path.clone()));
+                    shared
+                        .open_stream(
+                            None,
+                            answer,
+                            &method,
+                            args,
+                            deadline,
+                            scope,
+                            window,
+                            vec![target.clone()],
+                        )
+                        .await
+                        .map(Opened::Remote)
+                }
+                Sent::Deferred(f) => {
+                    let cap = resolve_local(f.clone().await, path)?;
+                    open(cap.pending(&method, args, deadline, scope), window).await
+                }
+            },
+            CapKind::Answer(answer) => {
+                let cap = answer.resolved().await?;
+                open(cap.pending(&method, args, deadline, scope), window).await
+            }
+            CapKind::Local(object) | CapKind::Served { object, .. } => {
+                call_stream_local(object.clone(), &method, args, deadline, scope)
+                    .await
+                    .map(Opened::Local)
+            }
+        }
+    }
+    .boxed()
+}
+
+impl Stream for ItemStream {
+    type Item = Result<Value, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() && !matches!(this.state, StreamState::Done) {
+                // Dropping the remote end sends `cancel`.
+                this.state = StreamState::Done;
+                return Poll::Ready(Some(Err(Status::new(
+                    Code::DeadlineExceeded,
+                    "the stream did not end before its deadline",
+                ))));
+            }
+        }
+        loop {
+            match &mut this.state {
+                StreamState::Idle(call, window) => match call.take() {
+                    Some(call) => this.state = StreamState::Opening(open(call, *window)),
+                    None => this.state = StreamState::Done,
+                },
+                StreamState::Opening(fut) => match fut.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(Opened::Remote(r))) => this.state = StreamState::Remote(r),
+                    Poll::Ready(Ok(Opened::Local(items))) => this.state = StreamState::Local(items),
+                    Poll::Ready(Err(status)) => {
+                        this.state = StreamState::Done;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                },
+                StreamState::Remote(r) => {
+                    return match r.poll_item(cx) {
+                        Poll::Ready(Some(Err(status))) => {
+                            this.state = StreamState::Done;
+                            Poll::Ready(Some(Err(status)))
+                        }
+                        Poll::Ready(None) => {
+                            this.state = StreamState::Done;
+                            Poll::Ready(None)
+                        }
+                        other => other,
+                    }
+                }
+                StreamState::Local(items) => {
+                    return match items.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Err(status))) => {
+                            this.state = StreamState::Done;
+                            Poll::Ready(Some(Err(status)))
+                        }
+                        other => other,
+                    }
+                }
+                StreamState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ItemStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            StreamState::Idle(..) => "not sent",
+            StreamState::Opening(_) => "opening",
+            StreamState::Remote(_) => "remote",
+            StreamState::Local(_) => "local",
+            StreamState::Done => "done",
+        };
+        write!(f, "ItemStream({state})")
+    }
+}
+
+enum SinkMsg {
+    Item(Value),
+    End,
+    Abort(Status),
+}
+
+/// The receiving end of a [`sink`]: the items written to its capability, in
+/// order. Ends when the writer calls `end`; an `Err` item says the writer
+/// aborted, or went away without ending.
+pub struct SinkReceiver {
+    rx: mpsc::Receiver<SinkMsg>,
+    done: bool,
+}
+
+impl Stream for SinkReceiver {
+    type Item = Result<Value, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let msg = std::task::ready!(self.rx.poll_recv(cx));
+        match msg {
+            Some(SinkMsg::Item(v)) => Poll::Ready(Some(Ok(v))),
+            Some(SinkMsg::End) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Some(SinkMsg::Abort(status)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(status)))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Err(Status::new(
+                    Code::Cancelled,
+                    "the writer went away without ending the sink",
+                ))))
+            }
+        }
+    }
+}
+
+impl SinkReceiver {
+    /// Items written and not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+/// Makes a sink: a capability with `write(item)`, `end()` and
+/// `abort(status)`, and the stream of what is written to it. Pass the
+/// capability to the writer (return it, or send it as an argument); it
+/// writes with a [`SinkWriter`]. `window` is how many writes may be
+/// unacknowledged; a writer that sends more waits at the sink (its calls are
+/// not answered until there is room), so memory stays bounded either way.
+pub fn sink(window: usize) -> (Capability, SinkReceiver) {
+    let (tx, rx) = mpsc::channel(window.max(1));
+    let write_tx = tx.clone();
+    let abort_tx = tx.clone();
+    let methods = Methods::new("capwire.sink")
+        .method("write", move |args: Value, _ctx: CallContext| {
+            let tx = write_tx.clone();
+            async move {
+                tx.send(SinkMsg::Item(args))
+                    .await
+                    .map_err(|_| Status::new(Code::FailedPrecondition, "the sink is closed"))?;
+                Ok(Value::null())
+            }
+        })
+        .method("end", move |_args, _ctx| {
+            let tx = tx.clone();
+            async move {
+                tx.send(SinkMsg::End)
+                    .await
+                    .map_err(|_| Status::new(Code::FailedPrecondition, "the sink is closed"))?;
+                Ok(Value::null())
+            }
+        })
+        .method("abort", move |args: Value, _ctx| {
+            let tx = abort_tx.clone();
+            async move {
+                let status: Status = args
+                    .decode()
+                    .unwrap_or_else(|_| Status::new(Code::Aborted, "the writer aborted the sink"));
+                let _ = tx.send(SinkMsg::Abort(status)).await;
+                Ok(Value::null())
+            }
+        });
+    let object: Arc<dyn Object> = Arc::new(methods);
+    (
+        Capability::from_arc(object),
+        SinkReceiver { rx, done: false },
+    )
+}
+
+/// Writes items to a sink capability, keeping at most `window` writes
+/// unacknowledged. Writes are sent in order; each write's answer is its
+/// acknowledgement (its credit back).
+pub struct SinkWriter {
+    cap: Capability,
+    window: usize,
+    in_flight: FuturesOrdered<Promise>,
+    max_in_flight: usize,
+    written: u64,
+}
+
+impl SinkWriter {
+    /// A writer with the default window of 32.
+    pub fn new(sink: Capability) -> SinkWriter {
+        SinkWriter::with_window(sink, DEFAULT_WINDOW as usize)
+    }
+
+    /// A writer that keeps at most `window` writes unacknowledged.
+    pub fn with_window(sink: Capability, window: usize) -> SinkWriter {
+        SinkWriter {
+            cap: sink,
+            window: window.max(1),
+            in_flight: FuturesOrdered::new(),
+            max_in_flight: 0,
+            written: 0,
+        }
+    }
+
+    /// Writes one item, waiting first while the window is full.
+    pub async fn send(&mut self, item: Value) -> Result<(), Status> {
+        while self.in_flight.len() >= self.window {
+            if let Some(ack) = self.in_flight.next().await {
+                ack?;
+            }
+        }
+        self.in_flight.push_back(self.cap.call("write", item));
+        self.written += 1;
+        self.max_in_flight = self.max_in_flight.max(self.in_flight.len());
+        // Drive the new write onto the wire now, and collect finished acks.
+        loop {
+            match futures_util::poll!(self.in_flight.next()) {
+                Poll::Ready(Some(ack)) => {
+                    ack?;
+                }
+                Poll::Ready(None) | Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
+    /// Waits until every write so far is acknowledged.
+    pub async fn flush(&mut self) -> Result<(), Status> {
+        while let Some(ack) = self.in_flight.next().await {
+            ack?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then ends the sink: its receiver's stream ends.
+    pub async fn end(mut self) -> Result<(), Status> {
+        self.flush().await?;
+        self.cap.call("end", Value::null()).await.map(drop)
+    }
+
+    /// Ends the sink with an error its receiver sees.
+    pub async fn abort(self, status: Status) -> Result<(), Status> {
+        self.cap.call("abort", Value::new(&status)?).await.map(drop)
+    }
+
+    /// The most writes that were unacknowledged at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Items written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl std::fmt::Debug for SinkWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkWriter")
+            .field("window", &self.window)
+            .field("in_flight", &self.in_flight.len())
+            .field("written", &self.written)
+            .finish()
+    }
+}
