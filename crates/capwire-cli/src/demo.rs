@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use capwire::transport::{self, Address, Listener, TransportConfig};
 use capwire::{
-    CallOptions, Capability, Code, Methods, Registry, Session, SessionConfig, Status, Value,
+    path, sink, CallOptions, Capability, Code, Methods, Registry, Session, SessionConfig,
+    SinkWriter, Status, Value,
 };
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 /// The name and version the demo service is served under.
@@ -71,6 +73,18 @@ pub(crate) fn service(cancelled: mpsc::UnboundedSender<String>) -> Methods {
             )
         })
         .method("echo", |args: Value, _ctx| async move { Ok(args) })
+        .stream("makeStream", |args: Value, _ctx| async move {
+            let (n,): (u64,) = args.decode()?;
+            Ok(futures_util::stream::iter((0..n).map(|i| Value::new(&i))))
+        })
+        .method("writeTo", |args: Value, _ctx| async move {
+            let mut writer = SinkWriter::new(args.cap(0)?);
+            for item in ["a", "b", "c"] {
+                writer.send(Value::new(item)?).await?;
+            }
+            writer.end().await?;
+            Value::new("done")
+        })
         .method("sleep", move |args: Value, _ctx| {
             // A stopped handler is dropped where it waits; the guard reports it.
             let guard = StopReport {
@@ -110,11 +124,23 @@ pub(crate) async fn serve(mut listener: Listener, registry: Registry) -> anyhow:
     }
 }
 
-/// `capwire demo serve`: serves the demo until interrupted.
+/// `capwire demo serve`: serves the demo until interrupted. `stdio:` serves
+/// one session on this process's stdin and stdout, until the peer closes it.
 pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
     let registry = Registry::new();
     let (tx, _rx) = mpsc::unbounded_channel();
     registry.serve(NAME, VERSION, service(tx))?.forget();
+    if matches!(listen, Address::Stdio) {
+        eprintln!("serving \"{NAME}\" v{VERSION} on stdio");
+        let session = Session::new(
+            transport::stdio(&TransportConfig::default()),
+            registry,
+            SessionConfig::default(),
+        );
+        let status = session.closed().await;
+        tracing::info!(%status, "stdio session ended");
+        return Ok(());
+    }
     let listener = Listener::bind(listen, TransportConfig::default()).await?;
     println!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
     tokio::select! {
@@ -182,6 +208,45 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         )
         .await;
     println!("passed back         incrementCounter(counter, 10) = {}  (the server called its own object)", show(&c));
+
+    // Pipelining: the second call goes out before the first has answered.
+    let t = Instant::now();
+    let frames = session.stats().frames_in;
+    let r = demo
+        .call("makeCounter", Value::new(&(100,))?)
+        .call("increment", Value::new(&(1,))?)
+        .await;
+    println!(
+        "pipelining          makeCounter(100).increment(1) = {}  (2 calls, 1 round trip, {} µs, {} frames back)",
+        show(&r),
+        t.elapsed().as_micros(),
+        session.stats().frames_in - frames
+    );
+    let nested = demo.call("listIds", Value::null());
+    let r = nested.get(path![0usize]).call("x", Value::null()).await;
+    println!(
+        "                    listIds()[0].x() -> {}  (a path must lead to a capability)",
+        show(&r)
+    );
+
+    let items: Vec<String> = demo
+        .call_stream("makeStream", Value::new(&(5,))?)
+        .map(|item| show(&item))
+        .collect()
+        .await;
+    println!(
+        "stream              makeStream(5) -> {}  (credit window 32)",
+        items.join(", ")
+    );
+
+    let (out, received) = sink(32);
+    let r = demo.call("writeTo", Value::capability(out)).await;
+    let written: Vec<String> = received.map(|item| show(&item)).collect().await;
+    println!(
+        "sink                writeTo(sink) = {}; the sink got {}",
+        show(&r),
+        written.join(", ")
+    );
 
     let plus_one = Capability::local(Methods::new("PlusOne").method(
         "call",

@@ -66,7 +66,7 @@ enum Command {
 enum DemoCommand {
     /// Serve the demo service until interrupted.
     Serve {
-        /// Where to listen.
+        /// Where to listen; `stdio:` serves one peer on stdin/stdout.
         #[arg(long, default_value = "tcp://127.0.0.1:7000")]
         listen: String,
     },

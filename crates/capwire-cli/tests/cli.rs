@@ -248,3 +248,61 @@ fn call_reaches_a_served_method_and_reports_errors() {
         stderr(&out)
     );
 }
+
+/// Pipelining, a stream and a sink with the demo server as a child process
+/// speaking over its stdin/stdout (`exec:` here, `stdio:` there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_streams_and_sinks_over_a_child_process() {
+    use capwire::transport::{self, Address, TransportConfig};
+    use capwire::{sink, Registry, Session, SessionConfig, Value};
+    use futures_util::StreamExt;
+
+    let addr = Address::Exec {
+        program: BIN.into(),
+        args: vec![
+            "demo".into(),
+            "serve".into(),
+            "--listen".into(),
+            "stdio:".into(),
+        ],
+    };
+    let t = transport::connect(&addr, &TransportConfig::default())
+        .await
+        .expect("spawn the server");
+    let session = Session::new(t, Registry::new(), SessionConfig::default());
+    let demo = session
+        .bootstrap("demo", Some("1.0"))
+        .await
+        .expect("bootstrap");
+
+    let n: i64 = demo
+        .call("makeCounter", Value::new(&(41,)).unwrap())
+        .call("increment", Value::new(&(1,)).unwrap())
+        .await
+        .expect("pipelined")
+        .decode()
+        .unwrap();
+    assert_eq!(n, 42);
+
+    let items: Vec<u64> = demo
+        .call_stream("makeStream", Value::new(&(500,)).unwrap())
+        .map(|i| i.unwrap().decode::<u64>().unwrap())
+        .collect()
+        .await;
+    assert_eq!(items, (0..500).collect::<Vec<_>>());
+
+    let (out, received) = sink(32);
+    let done: String = demo
+        .call("writeTo", Value::capability(out))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(done, "done");
+    let written: Vec<String> = received
+        .map(|i| i.unwrap().decode().unwrap())
+        .collect()
+        .await;
+    assert_eq!(written, ["a", "b", "c"]);
+    session.close().await;
+}

@@ -20,7 +20,7 @@ use capwire_proto::{Code, Status};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
 use crate::capability::{call_stream_local, CapKind, Capability};
@@ -44,12 +44,16 @@ pub struct StreamOptions {
 }
 
 impl StreamOptions {
-    /// Options with an initial window of `n` items.
-    pub fn window(n: u32) -> StreamOptions {
-        StreamOptions {
-            window: Some(n),
-            ..StreamOptions::default()
-        }
+    /// Sets the initial window to `n` items.
+    pub fn window(mut self, n: u32) -> StreamOptions {
+        self.window = Some(n);
+        self
+    }
+
+    /// Sets the timeout of the whole stream.
+    pub fn timeout(mut self, timeout: Duration) -> StreamOptions {
+        self.timeout = Some(timeout);
+        self
     }
 }
 
@@ -84,7 +88,7 @@ impl ItemStream {
     }
 
     /// Items received and not yet taken from this stream.
-    pub fn buffered(&self) -> usize {
+    pub fn buffered_items(&self) -> usize {
         match &self.state {
             StreamState::Remote(r) => r.buffered(),
             _ => 0,
@@ -243,7 +247,9 @@ enum SinkMsg {
 /// order. Ends when the writer calls `end`; an `Err` item says the writer
 /// aborted, or went away without ending.
 pub struct SinkReceiver {
-    rx: mpsc::Receiver<SinkMsg>,
+    rx: mpsc::UnboundedReceiver<SinkMsg>,
+    /// Items taken so far: a write is acknowledged once its item is taken.
+    taken: watch::Sender<u64>,
     done: bool,
 }
 
@@ -256,7 +262,10 @@ impl Stream for SinkReceiver {
         }
         let msg = std::task::ready!(self.rx.poll_recv(cx));
         match msg {
-            Some(SinkMsg::Item(v)) => Poll::Ready(Some(Ok(v))),
+            Some(SinkMsg::Item(v)) => {
+                self.taken.send_modify(|n| *n += 1);
+                Poll::Ready(Some(Ok(v)))
+            }
             Some(SinkMsg::End) => {
                 self.done = true;
                 Poll::Ready(None)
@@ -278,55 +287,100 @@ impl Stream for SinkReceiver {
 
 impl SinkReceiver {
     /// Items written and not yet taken.
-    pub fn buffered(&self) -> usize {
+    pub fn buffered_items(&self) -> usize {
         self.rx.len()
+    }
+}
+
+/// The write side of a sink, shared by its methods.
+struct SinkInput {
+    tx: mpsc::UnboundedSender<SinkMsg>,
+    /// Items accepted so far (the sequence number of the last write).
+    written: std::sync::atomic::AtomicU64,
+    taken: watch::Receiver<u64>,
+    /// Items that may wait here untaken before writes stop being acknowledged.
+    window: u64,
+}
+
+impl SinkInput {
+    fn closed() -> Status {
+        Status::new(Code::FailedPrecondition, "the sink is closed")
+    }
+
+    /// Queues `msg` now (so writes keep the order they arrived in) and
+    /// returns the sequence number an item write must wait for.
+    fn push(&self, msg: SinkMsg) -> Result<u64, Status> {
+        let is_item = matches!(msg, SinkMsg::Item(_));
+        self.tx.send(msg).map_err(|_| SinkInput::closed())?;
+        Ok(if is_item {
+            self.written
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                + 1
+        } else {
+            0
+        })
+    }
+
+    /// Waits until item `seq` fits in the window of untaken items: the
+    /// acknowledgement, at once while the receiver keeps up.
+    async fn taken(&self, seq: u64) -> Result<(), Status> {
+        let mut taken = self.taken.clone();
+        let window = self.window;
+        taken
+            .wait_for(|n| n.saturating_add(window) >= seq)
+            .await
+            .map(drop)
+            .map_err(|_| SinkInput::closed())
     }
 }
 
 /// Makes a sink: a capability with `write(item)`, `end()` and
 /// `abort(status)`, and the stream of what is written to it. Pass the
 /// capability to the writer (return it, or send it as an argument); it
-/// writes with a [`SinkWriter`]. `window` is how many writes may be
-/// unacknowledged; a writer that sends more waits at the sink (its calls are
-/// not answered until there is room), so memory stays bounded either way.
+/// writes with a [`SinkWriter`], which keeps at most its window of writes
+/// unacknowledged. Up to `window` items may wait here untaken; a write
+/// beyond that is acknowledged only when the receiver takes an item, so a
+/// slow receiver slows the writer. What waits here is bounded by the two
+/// windows (and, for a writer that ignores its own, by the connection's
+/// limit on calls in flight).
 pub fn sink(window: usize) -> (Capability, SinkReceiver) {
-    let (tx, rx) = mpsc::channel(window.max(1));
-    let write_tx = tx.clone();
-    let abort_tx = tx.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (taken_tx, taken_rx) = watch::channel(0);
+    let input = Arc::new(SinkInput {
+        tx,
+        written: std::sync::atomic::AtomicU64::new(0),
+        taken: taken_rx,
+        window: window as u64,
+    });
+    let (write, end, abort) = (input.clone(), input.clone(), input);
     let methods = Methods::new("capwire.sink")
         .method("write", move |args: Value, _ctx: CallContext| {
-            let tx = write_tx.clone();
+            // Queued before the first `.await`: in arrival order.
+            let queued = write.push(SinkMsg::Item(args));
+            let input = write.clone();
             async move {
-                tx.send(SinkMsg::Item(args))
-                    .await
-                    .map_err(|_| Status::new(Code::FailedPrecondition, "the sink is closed"))?;
+                input.taken(queued?).await?;
                 Ok(Value::null())
             }
         })
         .method("end", move |_args, _ctx| {
-            let tx = tx.clone();
-            async move {
-                tx.send(SinkMsg::End)
-                    .await
-                    .map_err(|_| Status::new(Code::FailedPrecondition, "the sink is closed"))?;
-                Ok(Value::null())
-            }
+            let queued = end.push(SinkMsg::End);
+            async move { queued.map(|_| Value::null()) }
         })
         .method("abort", move |args: Value, _ctx| {
-            let tx = abort_tx.clone();
-            async move {
-                let status: Status = args
-                    .decode()
-                    .unwrap_or_else(|_| Status::new(Code::Aborted, "the writer aborted the sink"));
-                let _ = tx.send(SinkMsg::Abort(status)).await;
-                Ok(Value::null())
-            }
+            let status: Status = args
+                .decode()
+                .unwrap_or_else(|_| Status::new(Code::Aborted, "the writer aborted the sink"));
+            let queued = abort.push(SinkMsg::Abort(status));
+            async move { queued.map(|_| Value::null()) }
         });
     let object: Arc<dyn Object> = Arc::new(methods);
-    (
-        Capability::from_arc(object),
-        SinkReceiver { rx, done: false },
-    )
+    let receiver = SinkReceiver {
+        rx,
+        taken: taken_tx,
+        done: false,
+    };
+    (Capability::from_arc(object), receiver)
 }
 
 /// Writes items to a sink capability, keeping at most `window` writes

@@ -1375,7 +1375,11 @@ impl Shared {
             self.settled.notify_waiters();
         }
         for q in failed {
-            q.settle(Err(Status::revoked("the capability")));
+            let what = q.cap.map_or_else(
+                || "the capability".to_owned(),
+                |c| format!("capability {c}"),
+            );
+            q.settle(Err(Status::revoked(what)));
         }
         self.emit(Event::Revoke {
             direction: Direction::Incoming,

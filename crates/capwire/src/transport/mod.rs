@@ -15,6 +15,8 @@ mod ws;
 
 use std::io;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use capwire_proto::{Framing, FramingError, DEFAULT_MAX_FRAME_BYTES};
 use tokio::sync::mpsc;
@@ -162,6 +164,10 @@ pub(crate) enum Outgoing {
 pub struct FrameSender {
     tx: mpsc::Sender<Outgoing>,
     max_frame_bytes: usize,
+    /// Senders take turns in the order they arrived (tokio's mutex is fair),
+    /// so a frame that waited for room in a full queue is never overtaken by
+    /// one sent after it: calls keep the order they were made in (E-order).
+    order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FrameSender {
@@ -169,6 +175,7 @@ impl FrameSender {
         FrameSender {
             tx,
             max_frame_bytes,
+            order: Arc::default(),
         }
     }
 
@@ -188,6 +195,7 @@ impl FrameSender {
     /// A frame over the size limit is refused here, and nothing is sent.
     pub async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
         self.check(&frame)?;
+        let _turn = self.order.lock().await;
         self.tx
             .send(Outgoing::Frame(frame))
             .await
@@ -199,6 +207,10 @@ impl FrameSender {
     /// Returns the frame back when the queue is full, so the caller can wait.
     pub fn try_send(&self, frame: Bytes) -> Result<Option<Bytes>, TransportError> {
         self.check(&frame)?;
+        // Someone waiting for room goes first.
+        let Ok(_turn) = self.order.try_lock() else {
+            return Ok(Some(frame));
+        };
         match self.tx.try_send(Outgoing::Frame(frame)) {
             Ok(()) => Ok(None),
             Err(mpsc::error::TrySendError::Full(Outgoing::Frame(f))) => Ok(Some(f)),
@@ -208,6 +220,7 @@ impl FrameSender {
 
     /// Flushes what is queued, then closes the connection with `reason`.
     pub async fn close(&self, reason: CloseReason) -> Result<(), TransportError> {
+        let _turn = self.order.lock().await;
         self.tx
             .send(Outgoing::Close(reason))
             .await
