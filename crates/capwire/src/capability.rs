@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::attestation::{Attestation, TransportKind};
 use crate::object::{CallContext, Items, Object};
-use crate::promise::{PendingCall, Promise, PromiseCore};
-use crate::session::{current_scope, AnswerRef, CallScope, Shared};
+use crate::promise::{resolve_local, PendingCall, Promise, PromiseCore, Sent};
+use crate::session::{current_scope, AnswerRef, CallScope, Shared, WireTarget};
 use crate::stream::{ItemStream, StreamOptions};
 use crate::value::Value;
 
@@ -195,6 +195,52 @@ impl Capability {
         let scope = current_scope();
         let deadline = call_deadline(options.timeout, scope.as_ref());
         ItemStream::new(self.pending(method, args, deadline, scope), options.window)
+    }
+}
+
+/// Where calls on a capability go, once the promises it depends on are known.
+pub(crate) enum Destination {
+    /// Over a connection.
+    Wire(Arc<Shared>, WireTarget),
+    /// To an object in this process.
+    Local(Arc<dyn Object>),
+}
+
+impl Capability {
+    /// Where calls on this capability go. Waits only for promises that are
+    /// resolved here (a local call's result, an answer this side owes the
+    /// peer); a promise on a connection is sent, kept, and addressed there.
+    pub(crate) fn destination(&self) -> BoxFuture<'_, Result<Destination, Status>> {
+        let closed = || Status::unavailable("the connection is closed");
+        async move {
+            match &self.kind {
+                CapKind::Remote(remote) => {
+                    let shared = remote.session.upgrade().ok_or_else(closed)?;
+                    Ok(Destination::Wire(shared, WireTarget::Cap(remote.id)))
+                }
+                CapKind::Promised(core, path) => match core.ensure_sent().await {
+                    Sent::Kept(k) => {
+                        let shared = k.session.upgrade().ok_or_else(closed)?;
+                        Ok(Destination::Wire(
+                            shared,
+                            WireTarget::Answer(k.id, path.clone()),
+                        ))
+                    }
+                    Sent::Deferred(f) => {
+                        let cap = resolve_local(f.clone().await, path)?;
+                        cap.destination().await
+                    }
+                },
+                CapKind::Answer(answer) => {
+                    let cap = answer.resolved().await?;
+                    cap.destination().await
+                }
+                CapKind::Local(object) | CapKind::Served { object, .. } => {
+                    Ok(Destination::Local(object.clone()))
+                }
+            }
+        }
+        .boxed()
     }
 }
 

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
-use crate::capability::{CapKind, Capability};
+use crate::capability::{call_local, CapKind, Capability, Destination};
 use crate::session::{CallScope, Shared};
 use crate::value::Value;
 
@@ -176,41 +176,13 @@ impl PendingCall {
                 deadline,
                 scope,
             } = self;
-            match &target.kind {
-                CapKind::Remote(remote) => {
-                    let Some(shared) = remote.session.upgrade() else {
-                        return Err(Status::unavailable("the connection is closed"));
-                    };
-                    shared
-                        .call_remote(remote, &method, args, deadline, scope)
-                        .await
+            // `target` (and so any answer it names) lives until this returns.
+            match target.destination().await? {
+                Destination::Wire(shared, to) => {
+                    shared.call_plain(&to, &method, args, deadline, scope).await
                 }
-                CapKind::Promised(core, path) => match core.ensure_sent().await {
-                    Sent::Kept(k) => {
-                        let Some(shared) = k.session.upgrade() else {
-                            return Err(Status::unavailable("the connection is closed"));
-                        };
-                        // `target` (and so the answer it names) lives until this returns.
-                        shared
-                            .call_answer(k.id, path, &method, args, deadline, scope)
-                            .await
-                    }
-                    Sent::Deferred(f) => {
-                        let cap = resolve_local(f.clone().await, path)?;
-                        cap.pending(&method, args, deadline, scope)
-                            .run_plain()
-                            .await
-                    }
-                },
-                CapKind::Answer(answer) => {
-                    let cap = answer.resolved().await?;
-                    cap.pending(&method, args, deadline, scope)
-                        .run_plain()
-                        .await
-                }
-                CapKind::Local(object) | CapKind::Served { object, .. } => {
-                    crate::capability::call_local(object.clone(), &method, args, deadline, scope)
-                        .await
+                Destination::Local(object) => {
+                    call_local(object, &method, args, deadline, scope).await
                 }
             }
         }
@@ -219,6 +191,11 @@ impl PendingCall {
 
     /// Sends the call kept, so that calls can be pipelined on its answer.
     async fn send_kept(self) -> Sent {
+        let wire = match self.target.destination().await {
+            Ok(Destination::Wire(shared, to)) => Some((shared, to)),
+            Ok(Destination::Local(_)) => None,
+            Err(status) => return Sent::Deferred(future::ready(Err(status)).boxed().shared()),
+        };
         let PendingCall {
             target,
             method,
@@ -226,22 +203,10 @@ impl PendingCall {
             deadline,
             scope,
         } = self;
-        let shared_target = match &target.kind {
-            CapKind::Remote(remote) => remote.session.upgrade().map(|s| (s, None)),
-            CapKind::Promised(core, path) => match core.ensure_sent().await {
-                Sent::Kept(k) => k.session.upgrade().map(|s| (s, Some((k.id, path.clone())))),
-                Sent::Deferred(_) => None,
-            },
-            _ => None,
-        };
-        match shared_target {
-            Some((shared, answer)) => {
-                let cap = match (&target.kind, &answer) {
-                    (CapKind::Remote(r), _) => Some(r.id),
-                    _ => None,
-                };
+        match wire {
+            Some((shared, to)) => {
                 match shared
-                    .call_kept(cap, answer, &method, args, deadline, scope, target.clone())
+                    .call_kept(&to, &method, args, deadline, scope, target)
                     .await
                 {
                     Ok(kept) => Sent::Kept(kept),
@@ -258,8 +223,7 @@ impl PendingCall {
                     deadline,
                     scope,
                 };
-                let fut = call.run_plain();
-                let shared = fut.shared();
+                let shared = call.run_plain().shared();
                 // Started now, so that it runs even if only pipelined calls wait for it.
                 tokio::spawn(shared.clone().map(drop));
                 Sent::Deferred(shared)

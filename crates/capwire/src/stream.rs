@@ -23,9 +23,9 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
-use crate::capability::{call_stream_local, CapKind, Capability};
+use crate::capability::{call_stream_local, Capability, Destination};
 use crate::object::{CallContext, Items, Methods, Object};
-use crate::promise::{resolve_local, PendingCall, Promise, Sent};
+use crate::promise::{PendingCall, Promise};
 use crate::session::RemoteItems;
 use crate::value::Value;
 
@@ -106,61 +106,14 @@ fn open(call: PendingCall, window: Option<u32>) -> BoxFuture<'static, Result<Ope
             deadline,
             scope,
         } = call;
-        match &target.kind {
-            CapKind::Remote(remote) => {
-                let shared = remote
-                    .session
-                    .upgrade()
-                    .ok_or_else(|| Status::unavailable("the connection is closed"))?;
-                shared
-                    .open_stream(
-                        Some(remote.id),
-                        None,
-                        &method,
-                        args,
-                        deadline,
-                        scope,
-                        window,
-                        Vec::new(),
-                    )
-                    .await
-                    .map(Opened::Remote)
-            }
-            CapKind::Promised(core, path) => match core.ensure_sent().await {
-                Sent::Kept(k) => {
-                    let shared = k
-                        .session
-                        .upgrade()
-                        .ok_or_else(|| Status::unavailable("the connection is closed"))?;
-                    let answer = Some((k.id, path.clone()));
-                    shared
-                        .open_stream(
-                            None,
-                            answer,
-                            &method,
-                            args,
-                            deadline,
-                            scope,
-                            window,
-                            vec![target.clone()],
-                        )
-                        .await
-                        .map(Opened::Remote)
-                }
-                Sent::Deferred(f) => {
-                    let cap = resolve_local(f.clone().await, path)?;
-                    open(cap.pending(&method, args, deadline, scope), window).await
-                }
-            },
-            CapKind::Answer(answer) => {
-                let cap = answer.resolved().await?;
-                open(cap.pending(&method, args, deadline, scope), window).await
-            }
-            CapKind::Local(object) | CapKind::Served { object, .. } => {
-                call_stream_local(object.clone(), &method, args, deadline, scope)
-                    .await
-                    .map(Opened::Local)
-            }
+        match target.destination().await? {
+            Destination::Wire(shared, to) => shared
+                .open_stream(&to, &method, args, deadline, scope, window, vec![target])
+                .await
+                .map(Opened::Remote),
+            Destination::Local(object) => call_stream_local(object, &method, args, deadline, scope)
+                .await
+                .map(Opened::Local),
         }
     }
     .boxed()

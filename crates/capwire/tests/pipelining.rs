@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use capwire::proto::{CapDescriptor, Codec, Frame, Outcome, Payload, Target};
+use capwire::proto::{Codec, Frame, Outcome, Payload, Target};
 use capwire::{path, Capability, Code, Methods, Registry, SessionConfig, Value};
 use common::*;
 
@@ -382,23 +382,7 @@ async fn on_the_wire_kept_call_pipelined_call_and_finish() {
         &Default::default(),
     )
     .await;
-    raw.send(Frame::Hello(capwire::proto::Hello::new())).await;
-    let boot = tokio::spawn({
-        let client = client.clone();
-        async move { client.bootstrap("x", None).await }
-    });
-    let Some(Frame::Call(b)) = raw.recv().await else {
-        panic!("bootstrap")
-    };
-    raw.send(Frame::Result(capwire::proto::CallResult {
-        id: b.id,
-        outcome: Outcome::Ok {
-            value: Payload::encode(Codec::Json, &serde_json::json!({"$cap": 0})).unwrap(),
-            caps: vec![CapDescriptor::Export(5)],
-        },
-    }))
-    .await;
-    let x = boot.await.unwrap().unwrap();
+    let x = raw.serve_bootstrap(&client, 5).await;
     let made = x.call("make", Value::null());
     let task = tokio::spawn(made.call("go", Value::null()));
     let Some(Frame::Call(first)) = raw.recv().await else {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capwire::proto::{CapDescriptor, Codec, Frame, Outcome, Payload, StreamItem};
+use capwire::proto::{Codec, Frame, Payload, StreamItem};
 use capwire::{
     sink, Capability, Code, Event, Methods, Reason, Registry, SessionConfig, SinkWriter, Status,
     StreamOptions, Value,
@@ -490,23 +490,7 @@ async fn items_beyond_the_credit_are_a_protocol_violation() {
         &Default::default(),
     )
     .await;
-    raw.send(Frame::Hello(capwire::proto::Hello::new())).await;
-    let boot = tokio::spawn({
-        let session = session.clone();
-        async move { session.bootstrap("x", None).await }
-    });
-    let Some(Frame::Call(b)) = raw.recv().await else {
-        panic!("bootstrap")
-    };
-    raw.send(Frame::Result(capwire::proto::CallResult {
-        id: b.id,
-        outcome: Outcome::Ok {
-            value: Payload::encode(Codec::Json, &serde_json::json!({"$cap": 0})).unwrap(),
-            caps: vec![CapDescriptor::Export(5)],
-        },
-    }))
-    .await;
-    let x = boot.await.unwrap().unwrap();
+    let x = raw.serve_bootstrap(&session, 5).await;
     // Window 4: credit goes back two items at a time, and only one is read.
     let mut items = x.call_stream_with("s", Value::null(), StreamOptions::default().window(4));
     let first = tokio::spawn(async move {

@@ -872,8 +872,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         self: &Arc<Self>,
-        target: Target,
-        cap: Option<u64>,
+        target: &WireTarget,
         method: &str,
         args: &Value,
         deadline: Option<Instant>,
@@ -886,6 +885,7 @@ impl Shared {
             .payload
             .transcode(self.codec)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+        let cap = target.cap();
         let mut st = self.lock();
         if let Some(s) = st.ended.as_ref().or(st.draining.as_ref()) {
             return Err(Status::unavailable(format!(
@@ -911,7 +911,7 @@ impl Shared {
         });
         let frame = Frame::Call(Call {
             id,
-            target,
+            target: target.target(),
             method: method.to_owned(),
             args: payload,
             caps,
@@ -942,49 +942,10 @@ impl Shared {
         result
     }
 
-    /// A plain call on the peer's capability `remote`.
-    pub(crate) async fn call_remote(
-        self: &Arc<Self>,
-        remote: &Arc<RemoteCap>,
-        method: &str,
-        args: Value,
-        deadline: Option<Instant>,
-        scope: Option<CallScope>,
-    ) -> Result<Value, Status> {
-        self.call_plain(
-            Target::Cap(remote.id),
-            Some(remote.id),
-            method,
-            args,
-            deadline,
-            scope,
-        )
-        .await
-    }
-
-    /// A plain call on the capability at `path` of kept question `answer`.
-    pub(crate) async fn call_answer(
-        self: &Arc<Self>,
-        answer: u64,
-        path: &[PathSeg],
-        method: &str,
-        args: Value,
-        deadline: Option<Instant>,
-        scope: Option<CallScope>,
-    ) -> Result<Value, Status> {
-        let target = Target::Answer {
-            id: answer,
-            path: path.to_vec(),
-        };
-        self.call_plain(target, None, method, args, deadline, scope)
-            .await
-    }
-
     /// Makes a plain call and waits for its answer (two frames, nothing kept).
-    async fn call_plain(
+    pub(crate) async fn call_plain(
         self: &Arc<Self>,
-        target: Target,
-        cap: Option<u64>,
+        target: &WireTarget,
         method: &str,
         args: Value,
         deadline: Option<Instant>,
@@ -994,9 +955,9 @@ impl Shared {
         self.send_arg_promises(&args).await;
         let (tx, reply) = oneshot::channel();
         let parent = scope.as_ref().map(|s| s.answer);
+        let cap = target.cap();
         let (id, frame) = self.prepare(
             target,
-            cap,
             method,
             &args,
             deadline,
@@ -1048,8 +1009,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call_kept(
         self: &Arc<Self>,
-        cap: Option<u64>,
-        answer: Option<(u64, Arc<[PathSeg]>)>,
+        target: &WireTarget,
         method: &str,
         args: Value,
         deadline: Option<Instant>,
@@ -1057,14 +1017,6 @@ impl Shared {
         target_handle: Capability,
     ) -> Result<Arc<KeptQuestion>, Status> {
         self.send_arg_promises(&args).await;
-        let target = match (&answer, cap) {
-            (Some((id, path)), _) => Target::Answer {
-                id: *id,
-                path: path.to_vec(),
-            },
-            (None, Some(cap)) => Target::Cap(cap),
-            (None, None) => return Err(Status::new(Code::Internal, "a kept call needs a target")),
-        };
         let (tx, rx) = watch::channel(None);
         let meta = Meta {
             method: method.to_owned(),
@@ -1073,7 +1025,6 @@ impl Shared {
         let parent = scope.as_ref().map(|s| s.answer);
         let (id, frame) = self.prepare(
             target,
-            cap,
             method,
             &args,
             deadline,
@@ -1098,8 +1049,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open_stream(
         self: &Arc<Self>,
-        cap: Option<u64>,
-        answer: Option<(u64, Arc<[PathSeg]>)>,
+        target: &WireTarget,
         method: &str,
         args: Value,
         deadline: Option<Instant>,
@@ -1109,16 +1059,6 @@ impl Shared {
     ) -> Result<RemoteItems, Status> {
         let window = window.unwrap_or(self.config.stream_window).max(1);
         self.send_arg_promises(&args).await;
-        let target = match (&answer, cap) {
-            (Some((id, path)), _) => Target::Answer {
-                id: *id,
-                path: path.to_vec(),
-            },
-            (None, Some(cap)) => Target::Cap(cap),
-            (None, None) => {
-                return Err(Status::new(Code::Internal, "a stream call needs a target"))
-            }
-        };
         let (tx, rx) = mpsc::unbounded_channel();
         let meta = Meta {
             method: method.to_owned(),
@@ -1132,7 +1072,6 @@ impl Shared {
         };
         let (id, frame) = self.prepare(
             target,
-            cap,
             method,
             &args,
             deadline,
@@ -1622,18 +1561,15 @@ impl Shared {
         }
     }
 
-    /// Runs a handler with its cancellation, deadline and call scope.
-    /// `None` means it was stopped; the answer entry says why.
-    async fn run_handler(
-        self: &Arc<Self>,
-        object: Arc<dyn Object>,
+    /// What the handler of answer `id` is told, and the scope the calls it
+    /// makes inherit.
+    fn call_context(
+        &self,
         id: u64,
         method: &str,
-        args: Value,
         deadline: Option<Instant>,
-        cancel: CancellationToken,
-    ) -> Option<Result<Value, Status>> {
-        let idempotent = object.is_idempotent(method);
+        cancel: &CancellationToken,
+    ) -> (CallContext, CallScope) {
         let ctx = CallContext {
             method: method.into(),
             call_id: Some(id),
@@ -1646,6 +1582,22 @@ impl Shared {
             deadline,
             answer: id,
         };
+        (ctx, scope)
+    }
+
+    /// Runs a handler with its cancellation, deadline and call scope.
+    /// `None` means it was stopped; the answer entry says why.
+    async fn run_handler(
+        self: &Arc<Self>,
+        object: Arc<dyn Object>,
+        id: u64,
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        cancel: CancellationToken,
+    ) -> Option<Result<Value, Status>> {
+        let idempotent = object.is_idempotent(method);
+        let (ctx, scope) = self.call_context(id, method, deadline, &cancel);
         let name = method.to_owned();
         let run = guarded(scope, method, move || object.call(&name, args, ctx));
         let stop_at = if idempotent {
@@ -1891,6 +1843,34 @@ impl RevocationSink for Shared {
             direction: Direction::Outgoing,
             caps: ids,
         });
+    }
+}
+
+/// What a call on the wire is addressed to: a capability the peer exported,
+/// or the capability at a path of one of this side's kept questions.
+#[derive(Clone)]
+pub(crate) enum WireTarget {
+    Cap(u64),
+    Answer(u64, Arc<[PathSeg]>),
+}
+
+impl WireTarget {
+    /// The capability called, if it is one (revocation applies to it).
+    fn cap(&self) -> Option<u64> {
+        match self {
+            WireTarget::Cap(cap) => Some(*cap),
+            WireTarget::Answer(..) => None,
+        }
+    }
+
+    fn target(&self) -> Target {
+        match self {
+            WireTarget::Cap(cap) => Target::Cap(*cap),
+            WireTarget::Answer(id, path) => Target::Answer {
+                id: *id,
+                path: path.to_vec(),
+            },
+        }
     }
 }
 

@@ -8,10 +8,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::flow::{grant_batch, Credit};
-use super::{sleep_until, supervise, CallScope, Shared, StartAnswer, SCOPE};
+use super::{sleep_until, supervise, Shared, StartAnswer, SCOPE};
 use crate::capability::Capability;
 use crate::events::{Direction, Event};
-use crate::object::{CallContext, Object};
+use crate::object::Object;
 use crate::value::Value;
 use capwire_proto::Status;
 
@@ -101,24 +101,13 @@ impl Shared {
             ..
         } = start;
         let stop_at = deadline.map(|d| d + self.config.deadline_grace);
-        let scope = CallScope {
-            cancel: cancel.clone(),
-            deadline,
-            answer: id,
-        };
+        let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
         let pumped: Option<Result<u64, Status>> = async {
             let Some(object) = object else {
                 return Some(Err(Status::new(
                     Code::InvalidArgument,
                     "the bootstrap object has no stream methods",
                 )));
-            };
-            let ctx = CallContext {
-                method: method.as_str().into(),
-                call_id: Some(id),
-                deadline,
-                cancel: cancel.clone(),
-                attestation: self.attestation.clone(),
             };
             let name = method.clone();
             let open = super::guarded(scope.clone(), &method, move || {

@@ -521,6 +521,28 @@ impl Raw {
             .await;
     }
 
+    /// Lets `session` bootstrap from this raw peer, which answers with its
+    /// export `cap`: returns the session's handle to it. Sends `hello` first.
+    pub async fn serve_bootstrap(&mut self, session: &Session, cap: u64) -> Capability {
+        self.send(Frame::Hello(Hello::new())).await;
+        let boot = tokio::spawn({
+            let session = session.clone();
+            async move { session.bootstrap("x", None).await }
+        });
+        let Some(Frame::Call(b)) = self.recv().await else {
+            panic!("expected the bootstrap call")
+        };
+        self.send(Frame::Result(capwire::proto::CallResult {
+            id: b.id,
+            outcome: Outcome::Ok {
+                value: Payload::encode(Codec::Json, &serde_json::json!({"$cap": 0})).unwrap(),
+                caps: vec![CapDescriptor::Export(cap)],
+            },
+        }))
+        .await;
+        boot.await.expect("bootstrap task").expect("bootstrap")
+    }
+
     /// Bootstraps `name` as question `id`; returns the capability id.
     pub async fn bootstrap(&mut self, id: u64, name: &str) -> u64 {
         self.call(id, 0, "bootstrap", serde_json::json!({ "name": name }))
