@@ -279,6 +279,7 @@ async fn answers_are_released_with_their_last_handle() {
 #[tokio::test]
 async fn pipelined_calls_fail_cleanly_when_the_connection_drops() {
     let (registry, _h, _events) = probe_registry();
+    let _demo = registry.serve("demo", "1.0", demo()).unwrap();
     for kind in ALL {
         let mut config = SessionConfig::default();
         config.close_grace = Duration::from_millis(10);
@@ -307,6 +308,18 @@ async fn pipelined_calls_fail_cleanly_when_the_connection_drops() {
             other => panic!("{kind:?}: expected unavailable, got {other:?}"),
         }
         drop(hanging);
+
+        // A new connection to the same server pipelines as before.
+        let again = pair(kind, registry.clone()).await;
+        let demo = again.client.bootstrap("demo", None).await.unwrap();
+        let n: i64 = demo
+            .call("makeCounter", Value::new(&(1,)).unwrap())
+            .call("increment", Value::new(&(1,)).unwrap())
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(n, 2, "{kind:?}");
     }
 }
 
