@@ -103,6 +103,12 @@ impl Capability {
         }
     }
 
+    /// A capability whose every call fails with `status` (a broken promise,
+    /// an argument that could not be encoded).
+    pub fn error(status: Status) -> Capability {
+        Capability::from_arc(Arc::new(crate::session::Failing(status)))
+    }
+
     /// True for an object hosted in this process.
     pub fn is_local(&self) -> bool {
         matches!(self.kind, CapKind::Local(_) | CapKind::Served { .. })

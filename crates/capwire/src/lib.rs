@@ -65,6 +65,7 @@ pub mod registry;
 pub mod transport;
 
 pub mod stream;
+pub mod typed;
 
 mod capability;
 mod object;
@@ -81,3 +82,15 @@ pub use registry::{IfExists, Registry, ServeHandle};
 pub use session::{Limits, Session, SessionConfig};
 pub use stream::{sink, ItemStream, SinkReceiver, SinkWriter, StreamOptions};
 pub use value::Value;
+
+pub use capwire_macros::interface;
+/// JSON Schema generation, as used by typed interfaces (`schemars`).
+pub use schemars;
+
+/// What the code `#[interface]` generates refers to.
+#[doc(hidden)]
+pub mod __private {
+    pub use futures_util::future::BoxFuture;
+    pub use serde;
+    pub use serde_json;
+}

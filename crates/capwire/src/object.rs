@@ -60,6 +60,13 @@ pub trait Object: Send + Sync + 'static {
     fn type_name(&self) -> &str {
         "object"
     }
+
+    /// The interface's schema (methods, parameters, results as JSON Schema),
+    /// for objects made by [`interface`](crate::interface); served by the
+    /// runtime capability's `schemas` and `capwire schema`.
+    fn schema(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// What a handler knows about the call it is running.

@@ -134,6 +134,15 @@ impl Registry {
         self.serve_with(name, version, Arc::new(object), IfExists::Throw)
     }
 
+    /// Serves a typed interface's server adapter under the name and version
+    /// its `#[interface]` attribute declares.
+    pub fn serve_interface<S>(&self, server: S) -> Result<ServeHandle, Status>
+    where
+        S: crate::typed::Interface + Object,
+    {
+        self.serve(S::NAME, S::VERSION, server)
+    }
+
     /// Serves `object` with an explicit collision rule.
     pub fn serve_with(
         &self,

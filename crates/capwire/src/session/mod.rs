@@ -51,7 +51,8 @@ use exports::Exports;
 use flow::Credit;
 use imports::{Imports, RevokedIds};
 pub(crate) use pipeline::AnswerRef;
-use pipeline::{object_of, Failing, Queued};
+pub(crate) use pipeline::Failing;
+use pipeline::{object_of, Queued};
 use questions::{Meta, Questions, Reply};
 pub(crate) use streams::RemoteItems;
 

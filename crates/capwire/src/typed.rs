@@ -1,0 +1,496 @@
+//! The runtime side of typed interfaces ([`interface`](crate::interface)).
+//!
+//! The macro turns a trait into a client type, a server adapter and a schema;
+//! this module holds what they share: typed promises and streams, typed sinks,
+//! and how a capability inside a typed value is written (`{"$cap": n}`, with
+//! the capability in the value's table).
+
+use std::cell::RefCell;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use capwire_proto::{Code, Codec, Payload, Status};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream, StreamExt};
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::ser::{Error as _, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::capability::{CallOptions, Capability};
+use crate::object::CallContext;
+use crate::promise::Promise;
+use crate::session::Session;
+use crate::stream::{ItemStream, SinkReceiver, SinkWriter, StreamOptions};
+use crate::value::Value;
+
+/// What the macro generates for an interface's server adapter.
+pub trait Interface {
+    /// The name it is served under (the `name` attribute).
+    const NAME: &'static str;
+    /// Its version (the `version` attribute).
+    const VERSION: &'static str;
+}
+
+/// A typed capability handle: the client type the macro generates.
+pub trait Client: Clone + Send + Sync + Sized + 'static {
+    /// The Rust name of the interface.
+    const INTERFACE: &'static str;
+
+    /// Wraps an untyped capability (no check: a wrong one fails on call).
+    fn from_cap(cap: Capability) -> Self;
+
+    /// The untyped capability.
+    fn cap(&self) -> &Capability;
+
+    /// The interface's methods as JSON Schema, adding shared definitions to
+    /// `generator`.
+    fn describe(generator: &mut schemars::SchemaGenerator) -> serde_json::Value;
+}
+
+/// A type that can be a parameter, result or stream item of a typed method.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel in a capwire call",
+    label = "a parameter, result or item of a capwire method",
+    note = "values are serialized: derive `serde::Serialize`, `serde::Deserialize` and `schemars::JsonSchema` for it"
+)]
+pub trait Wire: Serialize + DeserializeOwned + schemars::JsonSchema + Send + 'static {}
+
+impl<T> Wire for T where T: Serialize + DeserializeOwned + schemars::JsonSchema + Send + 'static {}
+
+/// Checked by the macro for every parameter, result and item type.
+#[doc(hidden)]
+pub fn assert_wire<T: Wire>() {}
+
+/// The items a typed stream method returns.
+pub type ItemsOf<T> = BoxStream<'static, Result<T, Status>>;
+
+tokio::task_local! {
+    static CONTEXT: CallContext;
+}
+
+/// The call a typed handler is answering: its deadline, cancellation and
+/// what the transport knows about the caller. `None` outside a handler.
+pub fn context() -> Option<CallContext> {
+    CONTEXT.try_with(Clone::clone).ok()
+}
+
+/// Runs a typed handler's future with its [`context`].
+#[doc(hidden)]
+pub fn with_context<F: Future + Send + 'static>(
+    ctx: CallContext,
+    fut: F,
+) -> impl Future<Output = F::Output> + Send + 'static
+where
+    F::Output: Send,
+{
+    CONTEXT.scope(ctx, fut)
+}
+
+thread_local! {
+    /// Capabilities met while serializing a typed value.
+    static OUTGOING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
+    /// The capability table of the value being deserialized.
+    static INCOMING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
+}
+
+/// Restores a thread-local slot when dropped (also on panic).
+struct Restore<'a> {
+    slot: &'static std::thread::LocalKey<RefCell<Option<Vec<Capability>>>>,
+    old: Option<Vec<Capability>>,
+    _not_send: PhantomData<&'a ()>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let old = self.old.take();
+        self.slot.with(|s| *s.borrow_mut() = old);
+    }
+}
+
+fn swap_in(
+    slot: &'static std::thread::LocalKey<RefCell<Option<Vec<Capability>>>>,
+    caps: Vec<Capability>,
+) -> Restore<'static> {
+    let old = slot.with(|s| s.borrow_mut().replace(caps));
+    Restore {
+        slot,
+        old,
+        _not_send: PhantomData,
+    }
+}
+
+impl Value {
+    /// Encodes a typed value: typed capability handles inside it become
+    /// placeholders, and the capabilities go to the value's table.
+    pub fn from_typed<T: Serialize + ?Sized>(v: &T) -> Result<Value, Status> {
+        let restore = swap_in(&OUTGOING, Vec::new());
+        let payload = Payload::encode(Codec::Msgpack, v)
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()));
+        let caps = OUTGOING.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        drop(restore);
+        let mut value = Value::from_payload(payload?);
+        value.caps = caps;
+        Ok(value)
+    }
+
+    /// Decodes a typed value: placeholders become typed capability handles.
+    pub fn to_typed<T: DeserializeOwned>(&self) -> Result<T, Status> {
+        let _restore = swap_in(&INCOMING, self.caps.clone());
+        self.decode()
+    }
+}
+
+/// Serializes a capability as a placeholder of the value being encoded
+/// ([`Value::from_typed`]). For the `Serialize` impls of client types.
+pub fn serialize_cap<S: Serializer>(cap: &Capability, serializer: S) -> Result<S::Ok, S::Error> {
+    let n = OUTGOING.with(|s| {
+        s.borrow_mut().as_mut().map(|caps| {
+            caps.push(cap.clone());
+            caps.len() - 1
+        })
+    });
+    match n {
+        Some(n) => {
+            #[derive(Serialize)]
+            struct Placeholder {
+                #[serde(rename = "$cap")]
+                n: usize,
+            }
+            Placeholder { n }.serialize(serializer)
+        }
+        None => Err(S::Error::custom(
+            "a capability can only be encoded inside a capwire value (Value::from_typed)",
+        )),
+    }
+}
+
+/// Deserializes a placeholder of the value being decoded
+/// ([`Value::to_typed`]) as its capability.
+pub fn deserialize_cap<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Capability, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Placeholder {
+        #[serde(rename = "$cap")]
+        n: usize,
+    }
+    let Placeholder { n } = Placeholder::deserialize(deserializer)?;
+    let cap = INCOMING.with(|s| s.borrow().as_ref().map(|caps| caps.get(n).cloned()));
+    match cap {
+        Some(Some(cap)) => Ok(cap),
+        Some(None) => Err(D::Error::custom(format_args!(
+            "placeholder {n} has no capability in the value's table"
+        ))),
+        None => Err(D::Error::custom(
+            "a capability can only be decoded from a capwire value (Value::to_typed)",
+        )),
+    }
+}
+
+/// The JSON Schema of a capability of interface `interface`, with its methods.
+#[doc(hidden)]
+pub fn cap_schema(interface: &str, methods: serde_json::Value) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "properties": { "$cap": { "type": "integer", "minimum": 0 } },
+        "required": ["$cap"],
+        "additionalProperties": false,
+        "x-capwire-interface": interface,
+        "x-capwire-methods": methods,
+    })
+}
+
+/// The schema document of a served interface: its name, version and methods,
+/// with the definitions they share.
+#[doc(hidden)]
+pub fn interface_schema<C: Client>(name: &str, version: &str) -> serde_json::Value {
+    let mut generator = schemars::SchemaGenerator::default();
+    let methods = C::describe(&mut generator);
+    serde_json::json!({
+        "name": name,
+        "version": version,
+        "interface": C::INTERFACE,
+        "methods": methods,
+        "$defs": generator.definitions().clone(),
+    })
+}
+
+/// A typed call's result, before it arrives. Await it for the value; if the
+/// result is a typed capability, call its methods right away (through
+/// `Deref`) to pipeline on it.
+#[must_use = "a promise does nothing until it is awaited or pipelined on"]
+pub struct TypedPromise<T> {
+    promise: Result<Promise, Status>,
+    pipelined: OnceLock<T>,
+}
+
+// `pipelined` is never pinned: the promise only ever moves its parts.
+impl<T> Unpin for TypedPromise<T> {}
+
+impl<T> TypedPromise<T> {
+    /// Calls `method` on `cap` with already encoded arguments.
+    #[doc(hidden)]
+    pub fn call(
+        cap: &Capability,
+        method: &str,
+        args: Result<Value, Status>,
+        options: CallOptions,
+    ) -> TypedPromise<T> {
+        TypedPromise {
+            promise: args.map(|args| cap.call_with(method, args, options)),
+            pipelined: OnceLock::new(),
+        }
+    }
+
+    /// The untyped promise (an error if the arguments could not be encoded).
+    pub fn into_untyped(self) -> Result<Promise, Status> {
+        self.promise
+    }
+}
+
+impl<T: Client> TypedPromise<T> {
+    /// The capability this call will return, usable before it arrives.
+    pub fn pipeline(&self) -> &T {
+        self.pipelined.get_or_init(|| match &self.promise {
+            Ok(p) => T::from_cap(p.cap()),
+            Err(status) => T::from_cap(Capability::error(status.clone())),
+        })
+    }
+}
+
+impl<T: Client> Deref for TypedPromise<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.pipeline()
+    }
+}
+
+impl<T: DeserializeOwned> Future for TypedPromise<T> {
+    type Output = Result<T, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.promise {
+            Ok(p) => p.poll_unpin(cx).map(|r| r.and_then(|v| v.to_typed())),
+            Err(status) => Poll::Ready(Err(status.clone())),
+        }
+    }
+}
+
+/// The items of a typed stream call, decoded as they arrive.
+pub struct TypedStream<T> {
+    items: Result<ItemStream, Option<Status>>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> TypedStream<T> {
+    /// Calls stream method `method` on `cap`.
+    #[doc(hidden)]
+    pub fn call(
+        cap: &Capability,
+        method: &str,
+        args: Result<Value, Status>,
+        options: StreamOptions,
+    ) -> TypedStream<T> {
+        TypedStream {
+            items: args
+                .map(|args| cap.call_stream_with(method, args, options))
+                .map_err(Some),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Stream for TypedStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.items {
+            Ok(items) => items
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|r| r.and_then(|v| v.to_typed()))),
+            Err(status) => Poll::Ready(status.take().map(Err)),
+        }
+    }
+}
+
+/// Turns a typed stream method's items into values.
+#[doc(hidden)]
+pub fn encode_items<T: Serialize + Send + 'static>(items: ItemsOf<T>) -> crate::Items {
+    items
+        .map(|item| item.and_then(|v| Value::from_typed(&v)))
+        .boxed()
+}
+
+/// A typed sink: a capability items of type `T` are written to. Pass it as
+/// an argument or return it; write to it with [`Sink::writer`].
+pub struct Sink<T> {
+    cap: Capability,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T> Clone for Sink<T> {
+    fn clone(&self) -> Self {
+        Sink {
+            cap: self.cap.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Sink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sink({:?})", self.cap)
+    }
+}
+
+impl<T: Serialize> Sink<T> {
+    /// A writer with the default window of 32 unacknowledged writes.
+    pub fn writer(&self) -> TypedSinkWriter<T> {
+        TypedSinkWriter {
+            inner: SinkWriter::new(self.cap.clone()),
+            _t: PhantomData,
+        }
+    }
+
+    /// The untyped capability.
+    pub fn cap(&self) -> &Capability {
+        &self.cap
+    }
+}
+
+/// Makes a typed sink and the stream of what is written to it (see [`crate::sink`]).
+pub fn sink<T: DeserializeOwned>(window: usize) -> (Sink<T>, TypedSinkReceiver<T>) {
+    let (cap, rx) = crate::stream::sink(window);
+    (
+        Sink {
+            cap,
+            _t: PhantomData,
+        },
+        TypedSinkReceiver {
+            rx,
+            _t: PhantomData,
+        },
+    )
+}
+
+/// Writes typed items to a [`Sink`], keeping at most its window unacknowledged.
+pub struct TypedSinkWriter<T> {
+    inner: SinkWriter,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize> TypedSinkWriter<T> {
+    /// Writes one item, waiting while the window is full.
+    pub async fn send(&mut self, item: &T) -> Result<(), Status> {
+        self.inner.send(Value::from_typed(item)?).await
+    }
+
+    /// Waits for every write to be acknowledged, then ends the sink.
+    pub async fn end(self) -> Result<(), Status> {
+        self.inner.end().await
+    }
+
+    /// Ends the sink with an error.
+    pub async fn abort(self, status: Status) -> Result<(), Status> {
+        self.inner.abort(status).await
+    }
+}
+
+/// The items written to a typed sink, in order.
+pub struct TypedSinkReceiver<T> {
+    rx: SinkReceiver,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Stream for TypedSinkReceiver<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx
+            .poll_next_unpin(cx)
+            .map(|item| item.map(|r| r.and_then(|v| v.to_typed())))
+    }
+}
+
+impl<T> Serialize for Sink<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_cap(&self.cap, serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Sink<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_cap(deserializer).map(|cap| Sink {
+            cap,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Sink<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Sink_of_{}", T::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let item = generator.subschema_for::<T>();
+        schemars::json_schema!({
+            "type": "object",
+            "properties": { "$cap": { "type": "integer", "minimum": 0 } },
+            "required": ["$cap"],
+            "additionalProperties": false,
+            "x-capwire-sink": item,
+        })
+    }
+}
+
+/// Bootstraps a typed interface from a session, at its declared version.
+#[doc(hidden)]
+pub async fn bootstrap<C: Client>(
+    session: &Session,
+    name: &str,
+    version: &str,
+) -> Result<C, Status> {
+    session
+        .bootstrap(name, Some(version))
+        .await
+        .map(C::from_cap)
+}
+
+/// A local object as an untyped capability, for the typed client's
+/// `from_impl`.
+#[doc(hidden)]
+pub fn local<O: crate::Object>(object: O) -> Capability {
+    Capability::from_arc(Arc::new(object))
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for TypedStreamCollect<T> {
+    type Output = Result<Vec<T>, Status>;
+    type IntoFuture = futures_util::future::BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        async move {
+            let mut out = Vec::new();
+            let mut items = self.0;
+            while let Some(item) = items.next().await {
+                out.push(item?);
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+/// All the items of a typed stream, or its error: `stream.collect_all().await`.
+pub struct TypedStreamCollect<T>(TypedStream<T>);
+
+impl<T: DeserializeOwned + Send + 'static> TypedStream<T> {
+    /// Collects every item, stopping at the first error.
+    pub fn collect_all(self) -> TypedStreamCollect<T> {
+        TypedStreamCollect(self)
+    }
+}

@@ -1,0 +1,284 @@
+//! Typed interfaces end to end: `#[capwire::interface]` clients and servers
+//! over real transports, typed pipelining, capabilities in values, streams,
+//! sinks, schemas.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capwire::typed::{sink, ItemsOf, Sink};
+use capwire::{Code, Registry, Status};
+use common::*;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+}
+
+#[capwire::interface(name = "calc", version = "2.1")]
+pub trait Calc {
+    /// Squares a number.
+    async fn square(&self, n: i64) -> Result<i64, Status>;
+    async fn add(&self, a: i64, b: i64) -> Result<i64, Status>;
+    async fn midpoint(&self, a: Point, b: Point) -> Result<Point, Status>;
+    /// A counter starting at `start`.
+    async fn counter(&self, start: i64) -> Result<CounterClient, Status>;
+    /// Adds `by` to a counter the caller holds (maybe a promise).
+    async fn bump(&self, counter: CounterClient, by: i64) -> Result<i64, Status>;
+    /// Several counters inside one value.
+    async fn pair(&self) -> Result<Vec<CounterClient>, Status>;
+    #[capwire(stream)]
+    async fn count(&self, n: u64) -> Result<ItemsOf<u64>, Status>;
+    /// A sink the caller writes numbers into; `total` reports their sum.
+    async fn summer(&self) -> Result<Sink<i64>, Status>;
+    #[capwire(idempotent)]
+    async fn total(&self) -> Result<i64, Status>;
+    async fn fail(&self) -> Result<(), Status>;
+    #[capwire(name = "callBack")]
+    async fn call_back(&self, f: CounterClient) -> Result<i64, Status>;
+    #[capwire(timeout_ms = 50)]
+    async fn slow(&self) -> Result<(), Status>;
+}
+
+#[capwire::interface(version = "1.0")]
+pub trait Counter {
+    async fn increment(&self, by: i64) -> Result<i64, Status>;
+    async fn value(&self) -> Result<i64, Status>;
+}
+
+struct MyCounter(AtomicI64);
+
+impl Counter for MyCounter {
+    async fn increment(&self, by: i64) -> Result<i64, Status> {
+        Ok(self.0.fetch_add(by, Ordering::SeqCst) + by)
+    }
+    async fn value(&self) -> Result<i64, Status> {
+        Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[derive(Default)]
+struct MyCalc {
+    total: Arc<AtomicI64>,
+}
+
+impl Calc for MyCalc {
+    async fn square(&self, n: i64) -> Result<i64, Status> {
+        n.checked_mul(n)
+            .ok_or_else(|| Status::new(Code::InvalidArgument, "overflow"))
+    }
+    async fn add(&self, a: i64, b: i64) -> Result<i64, Status> {
+        Ok(a + b)
+    }
+    async fn midpoint(&self, a: Point, b: Point) -> Result<Point, Status> {
+        Ok(Point {
+            x: (a.x + b.x) / 2.0,
+            y: (a.y + b.y) / 2.0,
+        })
+    }
+    async fn counter(&self, start: i64) -> Result<CounterClient, Status> {
+        Ok(CounterClient::from_impl(MyCounter(AtomicI64::new(start))))
+    }
+    async fn bump(&self, counter: CounterClient, by: i64) -> Result<i64, Status> {
+        counter.increment(by).await
+    }
+    async fn pair(&self) -> Result<Vec<CounterClient>, Status> {
+        Ok(vec![
+            CounterClient::from_impl(MyCounter(AtomicI64::new(1))),
+            CounterClient::from_impl(MyCounter(AtomicI64::new(2))),
+        ])
+    }
+    async fn count(&self, n: u64) -> Result<ItemsOf<u64>, Status> {
+        Ok(futures_util::stream::iter((0..n).map(Ok)).boxed())
+    }
+    async fn summer(&self) -> Result<Sink<i64>, Status> {
+        let (sink, mut items) = sink::<i64>(16);
+        let total = self.total.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(n)) = items.next().await {
+                total.fetch_add(n, Ordering::SeqCst);
+            }
+        });
+        Ok(sink)
+    }
+    async fn total(&self) -> Result<i64, Status> {
+        Ok(self.total.load(Ordering::SeqCst))
+    }
+    async fn fail(&self) -> Result<(), Status> {
+        Err(Status::new(Code::FailedPrecondition, "nope")
+            .with_details(serde_json::json!({"why": "test"})))
+    }
+    async fn call_back(&self, f: CounterClient) -> Result<i64, Status> {
+        // The handler sees its call's context.
+        let ctx = capwire::typed::context().expect("inside a handler");
+        assert_eq!(ctx.method(), "callBack");
+        f.increment(100).await
+    }
+    async fn slow(&self) -> Result<(), Status> {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(())
+    }
+}
+
+fn registry() -> (Registry, capwire::ServeHandle) {
+    let registry = Registry::new();
+    let handle = registry
+        .serve_interface(CalcServer::new(MyCalc::default()))
+        .expect("serve");
+    (registry, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_over_every_transport() {
+    for kind in ALL {
+        let (registry, _h) = registry();
+        let p = pair(kind, registry).await;
+        let calc = CalcClient::bootstrap(&p.client).await.expect("bootstrap");
+        assert_eq!(calc.square(12).await.unwrap(), 144, "{kind:?}");
+        assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+        let m = calc
+            .midpoint(Point { x: 0.0, y: 0.0 }, Point { x: 2.0, y: 4.0 })
+            .await
+            .unwrap();
+        assert_eq!(m, Point { x: 1.0, y: 2.0 });
+        let err = calc.square(i64::MAX).await.unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+        let err = calc.fail().await.unwrap_err();
+        assert_eq!(err.code, Code::FailedPrecondition);
+        assert_eq!(err.details_json(), Some(serde_json::json!({"why": "test"})));
+    }
+}
+
+/// `calc.counter(5).increment(1)`: typed pipelining, one round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_pipelining_takes_one_round_trip() {
+    let (registry, _h) = registry();
+    let (client, _server) = delayed_pair(registry, Duration::from_millis(20));
+    let calc = CalcClient::bootstrap(&client).await.unwrap();
+    let started = std::time::Instant::now();
+    let n = calc.counter(5).increment(1).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(n, 6);
+    assert!(
+        took < Duration::from_millis(80),
+        "two pipelined calls took {took:?}"
+    );
+
+    // A promised counter as an argument.
+    let counter = calc.counter(10);
+    assert_eq!(calc.bump(counter.pipeline().clone(), 5).await.unwrap(), 15);
+    assert_eq!(counter.value().await.unwrap(), 15);
+    let held: CounterClient = counter.await.unwrap();
+    assert_eq!(held.increment(1).await.unwrap(), 16);
+}
+
+#[tokio::test]
+async fn capabilities_inside_values_and_callbacks() {
+    let (registry, _h) = registry();
+    let p = pair(Kind::Tcp, registry).await;
+    let calc = CalcClient::bootstrap(&p.client).await.unwrap();
+    let counters = calc.pair().await.unwrap();
+    assert_eq!(counters.len(), 2);
+    assert_eq!(counters[0].value().await.unwrap(), 1);
+    assert_eq!(counters[1].increment(1).await.unwrap(), 3);
+
+    // A local implementation passed to the server and called back.
+    let mine = CounterClient::from_impl(MyCounter(AtomicI64::new(0)));
+    assert_eq!(calc.call_back(mine.clone()).await.unwrap(), 100);
+    assert_eq!(
+        mine.value().await.unwrap(),
+        100,
+        "the server called our object"
+    );
+}
+
+#[tokio::test]
+async fn typed_streams_and_sinks() {
+    for kind in ALL {
+        let (registry, _h) = registry();
+        let p = pair(kind, registry).await;
+        let calc = CalcClient::bootstrap(&p.client).await.unwrap();
+        let items = calc.count(100).collect_all().await.unwrap();
+        assert_eq!(items, (0..100).collect::<Vec<_>>(), "{kind:?}");
+
+        let summer = calc.summer().await.unwrap();
+        let mut w = summer.writer();
+        for i in 1..=100 {
+            w.send(&i).await.unwrap();
+        }
+        w.end().await.unwrap();
+        eventually("the sum", || true).await;
+        let mut total = 0;
+        for _ in 0..100 {
+            total = calc.total().await.unwrap();
+            if total == 5050 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(total, 5050, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn default_deadlines_and_wrong_calls() {
+    let (registry, _h) = registry();
+    let p = pair(Kind::Mem, registry).await;
+    let calc = CalcClient::bootstrap(&p.client).await.unwrap();
+    let err = calc.slow().await.unwrap_err();
+    assert_eq!(err.code, Code::DeadlineExceeded, "timeout_ms = 50 applies");
+
+    // The untyped view of the same object, with wrong arguments.
+    let raw = p.client.bootstrap("calc", Some("2.1")).await.unwrap();
+    let r = raw
+        .call("square", capwire::Value::new(&("seven",)).unwrap())
+        .await;
+    assert_status(&r, Code::InvalidArgument, None);
+    let r = raw.call("count", capwire::Value::new(&(3,)).unwrap()).await;
+    assert_status(&r, Code::InvalidArgument, None);
+    let r = raw.call("nope", capwire::Value::null()).await;
+    assert_status(&r, Code::Unimplemented, None);
+    // Wrong version.
+    let err = p.client.bootstrap("calc", Some("1.0")).await.unwrap_err();
+    assert_eq!(err.code, Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn the_schema_is_served() {
+    let (registry, _h) = registry();
+    let p = pair(Kind::Mem, registry).await;
+    let schemas: serde_json::Value = p
+        .client
+        .runtime()
+        .call("schemas", capwire::Value::null())
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    let calc = &schemas[0];
+    assert_eq!(calc["name"], "calc");
+    assert_eq!(calc["version"], "2.1");
+    let schema = &calc["schema"];
+    assert_eq!(schema["interface"], "Calc");
+    let square = &schema["methods"]["square"];
+    assert_eq!(square["kind"], "call");
+    assert_eq!(square["params"][0]["name"], "n");
+    assert_eq!(square["params"][0]["schema"]["type"], "integer");
+    assert_eq!(schema["methods"]["count"]["kind"], "stream");
+    assert_eq!(schema["methods"]["total"]["idempotent"], true);
+    assert_eq!(schema["methods"]["slow"]["timeout_ms"], 50);
+    assert!(
+        schema["methods"]["callBack"].is_object(),
+        "renamed on the wire"
+    );
+    assert!(schema["$defs"]["Point"].is_object());
+    let counter = &schema["$defs"]["Counter"];
+    assert_eq!(counter["x-capwire-interface"], "Counter");
+    assert!(counter["x-capwire-methods"]["increment"].is_object());
+}
