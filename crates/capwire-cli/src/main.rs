@@ -14,7 +14,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use capwire::attestation::{Attestation, TransportKind};
 use capwire::proto::{codec, Codec, Framing};
-use capwire::transport::{self, Transport, TransportConfig};
+use capwire::transport::{self, Address, Transport, TransportConfig};
+use capwire::{Registry, Session, SessionConfig, Value};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -56,6 +57,14 @@ enum Command {
         /// Require this version of the served name.
         #[arg(long)]
         version: Option<String>,
+    },
+    /// Print the interfaces a peer serves, as JSON Schema or TypeScript.
+    Schema {
+        /// Where the server is, e.g. tcp://127.0.0.1:7000.
+        address: String,
+        /// Print TypeScript declarations instead of the JSON schemas.
+        #[arg(long)]
+        ts: bool,
     },
     /// Decode and encode capwire/1 frames.
     #[command(subcommand)]
@@ -187,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Schema { address, ts } => schema(&address, ts).await,
         Command::Frames(FramesCommand::Decode {
             input,
             framing,
@@ -340,5 +350,29 @@ async fn encode(codec: Codec, framing: Framing) -> anyhow::Result<ExitCode> {
     }
     out.sender.close(transport::CloseReason::normal()).await?;
     out.sender.closed().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `capwire schema ADDRESS [--ts]`: asks the peer's runtime capability for
+/// the interfaces it serves.
+async fn schema(address: &str, ts: bool) -> anyhow::Result<ExitCode> {
+    let addr: Address = address.parse()?;
+    let t = transport::connect(&addr, &TransportConfig::default())
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let session = Session::new(t, Registry::new(), SessionConfig::default());
+    let schemas: serde_json::Value = session
+        .runtime()
+        .call("schemas", Value::null())
+        .await
+        .map_err(|s| anyhow::anyhow!("the peer did not list its schemas: {s}"))?
+        .decode()
+        .map_err(|s| anyhow::anyhow!("bad schema list: {s}"))?;
+    session.close().await;
+    if ts {
+        print!("{}", capwire::typescript::declarations(&schemas));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&schemas)?);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,7 @@ pub mod transport;
 
 pub mod stream;
 pub mod typed;
+pub mod typescript;
 
 mod capability;
 mod object;

@@ -282,3 +282,98 @@ async fn the_schema_is_served() {
     assert_eq!(counter["x-capwire-interface"], "Counter");
     assert!(counter["x-capwire-methods"]["increment"].is_object());
 }
+
+/// The TypeScript declarations for the schema type-check with `tsc`, and a
+/// use of them that gets a type wrong is refused.
+#[test]
+fn typescript_declarations_type_check() {
+    let schemas = serde_json::json!([{
+        "name": "calc",
+        "version": "2.1",
+        "schema": capwire::typed::interface_schema::<CalcClient>("calc", "2.1"),
+    }]);
+    let ts = capwire::typescript::declarations(&schemas);
+    for line in [
+        "export interface Calc {",
+        "  square(n: number): Promise<number>;",
+        "  add(a: number, b: number): Promise<number>;",
+        "  counter(start: number): Promise<Counter>;",
+        "  bump(counter: Counter, by: number): Promise<number>;",
+        "  pair(): Promise<Counter[]>;",
+        "  count(n: number): Promise<ReadableStream<number>>;",
+        "  callBack(f: Counter): Promise<number>;",
+        "export interface Counter {",
+        "  increment(by: number): Promise<number>;",
+        "export interface Point { x: number; y: number }",
+    ] {
+        assert!(ts.contains(line), "missing `{line}` in:\n{ts}");
+    }
+
+    let Some(tsc) = tsc() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("calc.ts"), &ts).unwrap();
+    let good = r#"
+import type { Calc, Point } from "./calc";
+export async function use(calc: Calc): Promise<number> {
+  const n: number = await calc.square(7);
+  const counter = await calc.counter(n);
+  const p: Point = await calc.midpoint({ x: 0, y: 0 }, { x: 2, y: 2 });
+  const items: ReadableStream<number> = await calc.count(3);
+  const sink: WritableStream<number> = await calc.summer();
+  void items; void sink;
+  return (await counter.increment(1)) + p.x;
+}
+"#;
+    std::fs::write(dir.path().join("good.ts"), good).unwrap();
+    let out = run_tsc(&tsc, dir.path(), &["calc.ts", "good.ts"]);
+    assert!(
+        out.status.success(),
+        "tsc refused the declarations:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let bad = "import type { Calc } from \"./calc\";\nexport async function f(calc: Calc) { const s: string = await calc.square(7); return s; }\n";
+    std::fs::write(dir.path().join("bad.ts"), bad).unwrap();
+    let out = run_tsc(&tsc, dir.path(), &["calc.ts", "bad.ts"]);
+    assert!(!out.status.success(), "a number is not a string");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("TS2322"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `tsc` from `interop/node_modules` (installed by `.ci/run`). Missing, it
+/// fails the test, unless `CAPWIRE_SKIP_NODE=1` says to skip Node tools.
+fn tsc() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../interop/node_modules/.bin/tsc");
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CAPWIRE_SKIP_NODE").is_some() {
+        eprintln!("skipping the tsc check: CAPWIRE_SKIP_NODE is set");
+        return None;
+    }
+    panic!("TypeScript is not installed: run `npm ci --prefix interop` (as .ci/run does), or set CAPWIRE_SKIP_NODE=1");
+}
+
+fn run_tsc(tsc: &std::path::Path, dir: &std::path::Path, files: &[&str]) -> std::process::Output {
+    std::process::Command::new(tsc)
+        .current_dir(dir)
+        .args([
+            "--strict",
+            "--noEmit",
+            "--target",
+            "es2022",
+            "--module",
+            "es2022",
+            "--moduleResolution",
+            "bundler",
+            "--lib",
+            "es2022,dom",
+        ])
+        .args(files)
+        .output()
+        .expect("run tsc")
+}
