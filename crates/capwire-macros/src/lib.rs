@@ -452,6 +452,14 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
     };
 
     Ok(quote! {
+        // First, so that a type that cannot travel is reported as such.
+        const _: () = {
+            #[allow(dead_code)]
+            fn check_wire_types() {
+                #(#checks)*
+            }
+        };
+
         #item
 
         #[doc = #client_doc]
@@ -583,11 +591,5 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
             }
         }
 
-        const _: () = {
-            #[allow(dead_code)]
-            fn check_wire_types() {
-                #(#checks)*
-            }
-        };
     })
 }

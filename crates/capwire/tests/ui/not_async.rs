@@ -1,0 +1,6 @@
+#[capwire::interface(version = "1.0")]
+pub trait Calc {
+    fn square(&self, n: i64) -> Result<i64, capwire::Status>;
+}
+
+fn main() {}
