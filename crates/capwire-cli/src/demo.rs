@@ -1,14 +1,11 @@
 //! `capwire demo`: the demo service, a server for it, and a guided tour.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capwire::transport::{self, Address, Listener, TransportConfig};
-use capwire::{
-    path, sink, CallOptions, Capability, Code, Methods, Registry, Session, SessionConfig,
-    SinkWriter, Status, Value,
-};
+use capwire::typed::{sink, ItemsOf, Sink};
+use capwire::{path, CallOptions, Code, Registry, Session, SessionConfig, Status, Value};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -17,88 +14,122 @@ pub(crate) const NAME: &str = "demo";
 /// The demo service's version.
 pub(crate) const VERSION: &str = "1.0";
 
-fn counter(start: i64) -> Methods {
-    let value = Arc::new(AtomicI64::new(start));
-    let read = value.clone();
-    Methods::new("Counter")
-        .method("increment", move |args: Value, _ctx| {
-            let value = value.clone();
-            async move {
-                let (by,): (i64,) = args.decode()?;
-                Value::new(&(value.fetch_add(by, Ordering::SeqCst) + by))
-            }
-        })
-        .method("value", move |_args, _ctx| {
-            let v = read.load(Ordering::SeqCst);
-            async move { Value::new(&v) }
-        })
+/// The demo service: what `capwire demo` tours and `capwire demo serve`
+/// serves (the contract the capnweb interop tests rely on).
+#[capwire::interface(name = "demo", version = "1.0")]
+pub(crate) trait Demo {
+    /// `n * n`.
+    async fn square(&self, n: i64) -> Result<i64, Status>;
+    /// A new counter starting at `start`.
+    async fn make_counter(&self, start: i64) -> Result<CounterClient, Status>;
+    /// `counter.increment(by)`, for a counter the caller holds.
+    async fn increment_counter(&self, counter: CounterClient, by: i64) -> Result<i64, Status>;
+    /// Calls `f(10)` and says what it returned.
+    async fn call_me_back(&self, f: CallbackClient) -> Result<String, Status>;
+    /// `[1, 2, 3]`.
+    async fn list_ids(&self) -> Result<Vec<i64>, Status>;
+    /// `"user" + id`.
+    async fn get_name(&self, id: i64) -> Result<String, Status>;
+    /// Always fails: `RangeError`, `bad thing`, code `E_BAD`.
+    async fn fail(&self) -> Result<(), Status>;
+    /// Returns its argument.
+    async fn echo(&self, value: serde_json::Value) -> Result<serde_json::Value, Status>;
+    /// `0, 1, …, n - 1` as a stream.
+    #[capwire(stream)]
+    async fn make_stream(&self, n: u64) -> Result<ItemsOf<u64>, Status>;
+    /// Writes `"a"`, `"b"`, `"c"` to the caller's sink, ends it, returns `"done"`.
+    async fn write_to(&self, writable: Sink<String>) -> Result<String, Status>;
+    /// Sleeps `ms` milliseconds (the tour cancels it, and times it out).
+    async fn sleep(&self, ms: u64) -> Result<String, Status>;
 }
 
-/// The demo service. `cancelled` receives the name of each handler that saw
-/// its call cancelled or stopped.
-pub(crate) fn service(cancelled: mpsc::UnboundedSender<String>) -> Methods {
-    Methods::new("Demo")
-        .method("square", |args: Value, _ctx| async move {
-            let (n,): (i64,) = args.decode()?;
-            n.checked_mul(n)
-                .ok_or_else(|| Status::new(Code::InvalidArgument, "square overflows i64"))
-                .and_then(|sq| Value::new(&sq))
-        })
-        .method("makeCounter", |args: Value, ctx| async move {
-            let (start,): (i64,) = args.decode()?;
-            Ok(Value::capability(ctx.export(counter(start))))
-        })
-        .method("incrementCounter", |args: Value, _ctx| async move {
-            let counter = args.cap(0)?;
-            let (_, by): (serde_json::Value, i64) = args.decode()?;
-            counter.call("increment", Value::new(&(by,))?).await
-        })
-        .method("callMeBack", |args: Value, _ctx| async move {
-            let f = args.cap(0)?;
-            let r: serde_json::Value = f.call("call", Value::new(&(10,))?).await?.decode()?;
-            Value::new(&format!("callback returned {r}"))
-        })
-        .method(
-            "listIds",
-            |_args, _ctx| async move { Value::new(&[1, 2, 3]) },
-        )
-        .method("getName", |args: Value, _ctx| async move {
-            let (id,): (i64,) = args.decode()?;
-            Value::new(&format!("user{id}"))
-        })
-        .method("fail", |_args, _ctx| async move {
-            Err::<Value, _>(
-                Status::new(Code::InvalidArgument, "bad thing")
-                    .with_details(serde_json::json!({ "name": "RangeError", "code": "E_BAD" })),
-            )
-        })
-        .method("echo", |args: Value, _ctx| async move { Ok(args) })
-        .stream("makeStream", |args: Value, _ctx| async move {
-            let (n,): (u64,) = args.decode()?;
-            Ok(futures_util::stream::iter((0..n).map(|i| Value::new(&i))))
-        })
-        .method("writeTo", |args: Value, _ctx| async move {
-            let mut writer = SinkWriter::new(args.cap(0)?);
-            for item in ["a", "b", "c"] {
-                writer.send(Value::new(item)?).await?;
-            }
-            writer.end().await?;
-            Value::new("done")
-        })
-        .method("sleep", move |args: Value, _ctx| {
-            // A stopped handler is dropped where it waits; the guard reports it.
-            let guard = StopReport {
-                to: cancelled.clone(),
-                finished: false,
-            };
-            async move {
-                let mut guard = guard;
-                let (ms,): (u64,) = args.decode()?;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                guard.finished = true;
-                Value::new(&"slept")
-            }
-        })
+/// A counter.
+#[capwire::interface(version = "1.0")]
+pub(crate) trait Counter {
+    /// Adds `by`, returns the new value.
+    async fn increment(&self, by: i64) -> Result<i64, Status>;
+    /// The current value.
+    async fn value(&self) -> Result<i64, Status>;
+}
+
+/// A function the caller passes (`callMeBack`).
+#[capwire::interface(version = "1.0")]
+pub(crate) trait Callback {
+    /// Calls the function.
+    async fn call(&self, arg: serde_json::Value) -> Result<serde_json::Value, Status>;
+}
+
+struct CountImpl(AtomicI64);
+
+impl Counter for CountImpl {
+    async fn increment(&self, by: i64) -> Result<i64, Status> {
+        Ok(self.0.fetch_add(by, Ordering::SeqCst) + by)
+    }
+    async fn value(&self) -> Result<i64, Status> {
+        Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// The demo's implementation. `cancelled` receives the name of each handler
+/// that was stopped before it finished.
+pub(crate) struct DemoImpl {
+    cancelled: mpsc::UnboundedSender<String>,
+}
+
+impl Demo for DemoImpl {
+    async fn square(&self, n: i64) -> Result<i64, Status> {
+        n.checked_mul(n)
+            .ok_or_else(|| Status::new(Code::InvalidArgument, "square overflows i64"))
+    }
+    async fn make_counter(&self, start: i64) -> Result<CounterClient, Status> {
+        Ok(CounterClient::from_impl(CountImpl(AtomicI64::new(start))))
+    }
+    async fn increment_counter(&self, counter: CounterClient, by: i64) -> Result<i64, Status> {
+        counter.increment(by).await
+    }
+    async fn call_me_back(&self, f: CallbackClient) -> Result<String, Status> {
+        let r = f.call(serde_json::json!(10)).await?;
+        Ok(format!("callback returned {r}"))
+    }
+    async fn list_ids(&self) -> Result<Vec<i64>, Status> {
+        Ok(vec![1, 2, 3])
+    }
+    async fn get_name(&self, id: i64) -> Result<String, Status> {
+        Ok(format!("user{id}"))
+    }
+    async fn fail(&self) -> Result<(), Status> {
+        Err(Status::new(Code::InvalidArgument, "bad thing")
+            .with_details(serde_json::json!({ "name": "RangeError", "code": "E_BAD" })))
+    }
+    async fn echo(&self, value: serde_json::Value) -> Result<serde_json::Value, Status> {
+        Ok(value)
+    }
+    async fn make_stream(&self, n: u64) -> Result<ItemsOf<u64>, Status> {
+        Ok(futures_util::stream::iter((0..n).map(Ok)).boxed())
+    }
+    async fn write_to(&self, writable: Sink<String>) -> Result<String, Status> {
+        let mut writer = writable.writer();
+        for item in ["a", "b", "c"] {
+            writer.send(&item.to_owned()).await?;
+        }
+        writer.end().await?;
+        Ok("done".to_owned())
+    }
+    async fn sleep(&self, ms: u64) -> Result<String, Status> {
+        // A stopped handler is dropped where it waits; the guard reports it.
+        let mut guard = StopReport {
+            to: self.cancelled.clone(),
+            finished: false,
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        guard.finished = true;
+        Ok("slept".to_owned())
+    }
+}
+
+/// The demo service, ready to serve.
+pub(crate) fn service(cancelled: mpsc::UnboundedSender<String>) -> DemoServer<DemoImpl> {
+    DemoServer::new(DemoImpl { cancelled })
 }
 
 /// Reports a handler that was dropped before it finished.
@@ -129,7 +160,7 @@ pub(crate) async fn serve(mut listener: Listener, registry: Registry) -> anyhow:
 pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
     let registry = Registry::new();
     let (tx, _rx) = mpsc::unbounded_channel();
-    registry.serve(NAME, VERSION, service(tx))?.forget();
+    registry.serve_interface(service(tx))?.forget();
     if matches!(listen, Address::Stdio) {
         eprintln!("serving \"{NAME}\" v{VERSION} on stdio");
         let session = Session::new(
@@ -149,13 +180,24 @@ pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
     }
 }
 
-fn show(r: &Result<Value, Status>) -> String {
+/// A result as the tour prints it: the value as JSON, or the error.
+fn show<T: serde::Serialize>(r: &Result<T, Status>) -> String {
     match r {
-        Ok(v) => v
-            .to_json()
-            .map(|j| j.to_string())
-            .unwrap_or_else(|e| format!("<{e}>")),
+        Ok(v) => serde_json::to_string(v).unwrap_or_else(|e| format!("<{e}>")),
         Err(s) => format!("error {s}"),
+    }
+}
+
+/// The tour's own callback: `f(n) = n + 1`.
+struct PlusOne;
+
+impl Callback for PlusOne {
+    async fn call(&self, arg: serde_json::Value) -> Result<serde_json::Value, Status> {
+        let n = arg
+            .as_i64()
+            .ok_or_else(|| Status::new(Code::InvalidArgument, "expected a number"))?;
+        println!("                    (client) our callback was called with {n}");
+        Ok(serde_json::json!(n + 1))
     }
 }
 
@@ -163,7 +205,7 @@ fn show(r: &Result<Value, Status>) -> String {
 pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     let registry = Registry::new();
     let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel();
-    let serving = registry.serve(NAME, VERSION, service(cancel_tx))?;
+    let serving = registry.serve_interface(service(cancel_tx))?;
     let listener = Listener::bind(listen, TransportConfig::default()).await?;
     let addr = listener.local_addr().clone();
     println!("capwire demo: server and client in one process, over {addr}\n");
@@ -177,70 +219,60 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     let rtt = session.ping().await?;
     println!("connected           ping round trip {} µs", rtt.as_micros());
 
-    let demo = session.bootstrap(NAME, Some(VERSION)).await?;
-    println!("bootstrap           \"{NAME}\" v{VERSION} -> a capability");
-    let wrong = session
-        .bootstrap(NAME, Some("2.0"))
-        .await
-        .map(|_| Value::null());
+    let demo = DemoClient::bootstrap(&session).await?;
+    println!("bootstrap           \"{NAME}\" v{VERSION} -> a typed DemoClient");
+    let wrong = session.bootstrap(NAME, Some("2.0")).await.map(|_| ());
     println!("bootstrap v2.0      {}", show(&wrong));
 
     let t = Instant::now();
-    let r = demo.call("square", Value::new(&(7,))?).await;
+    let r = demo.square(7).await;
     println!(
         "call                square(7) = {}   ({} µs)",
         show(&r),
         t.elapsed().as_micros()
     );
 
-    let counter = demo.call("makeCounter", Value::new(&(5,))?).await?.cap(0)?;
-    let a = counter.call("increment", Value::new(&(2,))?).await;
-    let b = counter.call("increment", Value::new(&(3,))?).await;
+    let counter = demo.make_counter(5).await?;
+    let a = counter.increment(2).await;
+    let b = counter.increment(3).await;
     println!(
         "returned capability makeCounter(5) -> counter; increment(2) = {}, increment(3) = {}",
         show(&a),
         show(&b)
     );
-    let c = demo
-        .call(
-            "incrementCounter",
-            Value::with_caps(&serde_json::json!([{"$cap": 0}, 10]), vec![counter.clone()])?,
-        )
-        .await;
+    let c = demo.increment_counter(counter.clone(), 10).await;
     println!("passed back         incrementCounter(counter, 10) = {}  (the server called its own object)", show(&c));
 
     // Pipelining: the second call goes out before the first has answered.
     let t = Instant::now();
     let frames = session.stats().frames_in;
-    let r = demo
-        .call("makeCounter", Value::new(&(100,))?)
-        .call("increment", Value::new(&(1,))?)
-        .await;
+    let r = demo.make_counter(100).increment(1).await;
     println!(
         "pipelining          makeCounter(100).increment(1) = {}  (2 calls, 1 round trip, {} µs, {} frames back)",
         show(&r),
         t.elapsed().as_micros(),
         session.stats().frames_in - frames
     );
-    let nested = demo.call("listIds", Value::null());
-    let r = nested.get(path![0usize]).call("x", Value::null()).await;
+    let untyped = session.bootstrap(NAME, Some(VERSION)).await?;
+    let ids = untyped.call("listIds", Value::null());
+    let r = ids
+        .get(path![0usize])
+        .call("x", Value::null())
+        .await
+        .map(|_| ());
     println!(
         "                    listIds()[0].x() -> {}  (a path must lead to a capability)",
         show(&r)
     );
 
-    let items: Vec<String> = demo
-        .call_stream("makeStream", Value::new(&(5,))?)
-        .map(|item| show(&item))
-        .collect()
-        .await;
+    let items: Vec<String> = demo.make_stream(5).map(|item| show(&item)).collect().await;
     println!(
         "stream              makeStream(5) -> {}  (credit window 32)",
         items.join(", ")
     );
 
-    let (out, received) = sink(32);
-    let r = demo.call("writeTo", Value::capability(out)).await;
+    let (out, received) = sink::<String>(32);
+    let r = demo.write_to(out).await;
     let written: Vec<String> = received.map(|item| show(&item)).collect().await;
     println!(
         "sink                writeTo(sink) = {}; the sink got {}",
@@ -248,21 +280,13 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         written.join(", ")
     );
 
-    let plus_one = Capability::local(Methods::new("PlusOne").method(
-        "call",
-        |args: Value, _ctx| async move {
-            let (n,): (i64,) = args.decode()?;
-            println!("                    (client) our callback was called with {n}");
-            Value::new(&(n + 1))
-        },
-    ));
-    let r = demo.call("callMeBack", Value::capability(plus_one)).await;
+    let r = demo.call_me_back(CallbackClient::from_impl(PlusOne)).await;
     println!("callback            callMeBack(fn) = {}", show(&r));
 
-    let r = demo.call("fail", Value::null()).await;
+    let r = demo.fail().await;
     println!("error               fail() -> {}", show(&r));
 
-    let slow = demo.call("sleep", Value::new(&(10_000,))?);
+    let slow = demo.sleep(10_000);
     let r = tokio::time::timeout(Duration::from_millis(50), slow).await;
     let seen = tokio::time::timeout(Duration::from_secs(2), cancel_rx.recv()).await;
     println!(
@@ -275,13 +299,14 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         matches!(seen, Ok(Some(_)))
     );
 
-    let r = demo
+    let r = untyped
         .call_with(
             "sleep",
             Value::new(&(1_000,))?,
             CallOptions::timeout(Duration::from_millis(100)),
         )
-        .await;
+        .await
+        .map(|_| ());
     println!(
         "deadline            sleep(1000) with a 100 ms deadline -> {}",
         show(&r)
@@ -290,10 +315,10 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     drop(serving);
     let before = session.stats().frames_out;
     let wait = Instant::now();
-    let mut r = demo.call("square", Value::new(&(2,))?).await;
+    let mut r = demo.square(2).await;
     while r.is_ok() && wait.elapsed() < Duration::from_secs(2) {
         tokio::task::yield_now().await;
-        r = demo.call("square", Value::new(&(2,))?).await;
+        r = demo.square(2).await;
     }
     let sent = session.stats().frames_out - before;
     println!(
@@ -301,7 +326,7 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         show(&r),
         sent
     );
-    let r = demo.call("square", Value::new(&(3,))?).await;
+    let r = demo.square(3).await;
     let again = session.stats().frames_out;
     println!(
         "                    and again -> {}  (failed locally: {})",

@@ -167,8 +167,8 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn call_reaches_a_served_method_and_reports_errors() {
+/// Starts `capwire demo serve` on a free port; returns it and its address.
+fn demo_server() -> (Server, String) {
     use std::io::BufRead;
     let mut child = Command::new(BIN)
         .args(["demo", "serve", "--listen", "tcp://127.0.0.1:0"])
@@ -183,6 +183,12 @@ fn call_reaches_a_served_method_and_reports_errors() {
         .expect("banner");
     let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
     assert!(addr.starts_with("tcp://127.0.0.1:"), "{line}");
+    (_server, addr)
+}
+
+#[test]
+fn call_reaches_a_served_method_and_reports_errors() {
+    let (_server, addr) = demo_server();
 
     let out = run(&["call", &addr, "demo", "square", "[12]"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -293,7 +299,10 @@ async fn pipelining_streams_and_sinks_over_a_child_process() {
 
     let (out, received) = sink(32);
     let done: String = demo
-        .call("writeTo", Value::capability(out))
+        .call(
+            "writeTo",
+            Value::with_caps(&[serde_json::json!({"$cap": 0})], vec![out]).unwrap(),
+        )
         .await
         .unwrap()
         .decode()
@@ -305,4 +314,43 @@ async fn pipelining_streams_and_sinks_over_a_child_process() {
         .await;
     assert_eq!(written, ["a", "b", "c"]);
     session.close().await;
+}
+
+/// `capwire schema` prints what the demo serves, as JSON Schema and as
+/// TypeScript.
+#[test]
+fn schema_prints_the_served_interfaces() {
+    let (_server, addr) = demo_server();
+    let out = run(&["schema", &addr], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let schemas: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let demo = &schemas[0];
+    assert_eq!(demo["name"], "demo");
+    assert_eq!(demo["version"], "1.0");
+    let methods = &demo["schema"]["methods"];
+    assert_eq!(methods["square"]["params"][0]["name"], "n");
+    assert_eq!(methods["makeStream"]["kind"], "stream");
+    assert_eq!(
+        demo["schema"]["$defs"]["Counter"]["x-capwire-interface"],
+        "Counter"
+    );
+
+    let out = run(&["schema", "--ts", &addr], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ts = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "export interface Demo {",
+        "  square(n: number): Promise<number>;",
+        "  makeCounter(start: number): Promise<Counter>;",
+        "  callMeBack(f: Callback): Promise<string>;",
+        "  makeStream(n: number): Promise<ReadableStream<number>>;",
+        "  writeTo(writable: WritableStream<string>): Promise<string>;",
+        "export interface Counter {",
+    ] {
+        assert!(ts.contains(line), "missing `{line}` in:\n{ts}");
+    }
+
+    let out = run(&["schema", "tcp://127.0.0.1:1"], b"");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }

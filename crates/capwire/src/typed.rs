@@ -432,6 +432,10 @@ impl<'de, T> Deserialize<'de> for Sink<T> {
 }
 
 impl<T: schemars::JsonSchema> schemars::JsonSchema for Sink<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
     fn schema_name() -> std::borrow::Cow<'static, str> {
         format!("Sink_of_{}", T::schema_name()).into()
     }
