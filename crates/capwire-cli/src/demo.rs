@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use capwire::dialect::{self, ServeConfig};
 use capwire::transport::{self, Address, Listener, TransportConfig};
 use capwire::typed::{sink, ItemsOf, Sink};
 use capwire::{path, CallOptions, Code, Registry, Session, SessionConfig, Status, Value};
@@ -146,12 +147,20 @@ impl Drop for StopReport {
     }
 }
 
-/// Accepts connections on `listener` forever, each with its own session on `registry`.
+/// Accepts connections on `listener` forever, each served in the dialect its
+/// peer speaks (capwire/1, or capnweb with the demo as its main object).
 pub(crate) async fn serve(mut listener: Listener, registry: Registry) -> anyhow::Result<()> {
+    let mut config = ServeConfig::default();
+    config.capnweb_main = Some(NAME.to_owned());
     loop {
         let t = listener.accept().await?;
         tracing::info!(peer = ?t.attestation.peer_addr, "connection");
-        let _session = Session::new(t, registry.clone(), SessionConfig::default());
+        let (registry, config) = (registry.clone(), config.clone());
+        tokio::spawn(async move {
+            if let Err(status) = dialect::serve(t, registry, config).await {
+                tracing::info!(%status, "connection not served");
+            }
+        });
     }
 }
 

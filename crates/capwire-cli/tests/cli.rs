@@ -167,11 +167,16 @@ impl Drop for Server {
     }
 }
 
-/// Starts `capwire demo serve` on a free port; returns it and its address.
+/// Starts `capwire demo serve` on a free TCP port; returns it and its address.
 fn demo_server() -> (Server, String) {
+    demo_server_on("tcp://127.0.0.1:0")
+}
+
+/// Starts `capwire demo serve --listen LISTEN`; returns it and its address.
+fn demo_server_on(listen: &str) -> (Server, String) {
     use std::io::BufRead;
     let mut child = Command::new(BIN)
-        .args(["demo", "serve", "--listen", "tcp://127.0.0.1:0"])
+        .args(["demo", "serve", "--listen", listen])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn server");
@@ -182,7 +187,7 @@ fn demo_server() -> (Server, String) {
         .read_line(&mut line)
         .expect("banner");
     let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
-    assert!(addr.starts_with("tcp://127.0.0.1:"), "{line}");
+    assert!(addr.contains("127.0.0.1:"), "{line}");
     (_server, addr)
 }
 
@@ -353,4 +358,41 @@ fn schema_prints_the_served_interfaces() {
     let out = run(&["schema", "tcp://127.0.0.1:1"], b"");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+/// The interop scripts' folder, with its npm packages installed (by the
+/// README's test command). Missing, the test fails, unless
+/// `CAPWIRE_SKIP_NODE=1` says to skip Node tools.
+fn interop() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop");
+    if dir.join("node_modules/capnweb").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("CAPWIRE_SKIP_NODE").is_some() {
+        eprintln!("skipping: CAPWIRE_SKIP_NODE is set");
+        return None;
+    }
+    panic!("the interop packages are not installed: run `npm ci --prefix interop`");
+}
+
+/// The official capnweb client drives the demo over WebSocket: calls,
+/// pipelining, promises as arguments, callbacks, data, errors, disposal.
+#[test]
+fn capnweb_client_against_the_demo() {
+    let Some(dir) = interop() else { return };
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let out = Command::new("node")
+        .arg(dir.join("capnweb/client.mjs"))
+        .arg(&addr)
+        .current_dir(&dir)
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the capnweb client failed:\n{text}\n{}",
+        stderr(&out)
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("ok   callMeBack(fn)"), "{text}");
 }

@@ -273,6 +273,18 @@ impl Registry {
         names
     }
 
+    /// The capability for served `name` (revoked with it), as a dialect
+    /// without bootstrap-by-name hands it out.
+    pub(crate) fn main_capability(&self, name: &str) -> Option<crate::Capability> {
+        let served = self.lookup(name)?;
+        Some(crate::Capability {
+            kind: crate::capability::CapKind::Served {
+                object: served.object,
+                generation: served.generation,
+            },
+        })
+    }
+
     pub(crate) fn lookup(&self, name: &str) -> Option<Served> {
         self.lock().get(name).cloned()
     }

@@ -1904,7 +1904,7 @@ enum Route {
 /// thread hop on the hot path). A future that returns `Pending` must have
 /// registered the waker of *this* poll; the spawned task polls it again
 /// first thing, which registers its own.
-fn start_inline(fut: impl Future<Output = ()> + Send + 'static) {
+pub(crate) fn start_inline(fut: impl Future<Output = ()> + Send + 'static) {
     let mut fut = Box::pin(fut);
     let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
     // Handlers run inside `guarded`, which turns their panics into errors;

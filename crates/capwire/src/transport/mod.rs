@@ -256,6 +256,8 @@ pub struct FrameReceiver {
     control: FrameSender,
     close_on_error: bool,
     done: bool,
+    /// A frame given back with [`FrameReceiver::unread`], returned first.
+    pushed_back: Option<Bytes>,
 }
 
 enum ReceiverInner {
@@ -279,7 +281,15 @@ impl FrameReceiver {
             control,
             close_on_error: true,
             done: false,
+            pushed_back: None,
         }
+    }
+
+    /// Gives a frame back: the next [`recv`](Self::recv) returns it. For a
+    /// listener that reads the first frame to tell the dialect, then hands
+    /// the connection to the session that speaks it.
+    pub fn unread(&mut self, frame: Bytes) {
+        self.pushed_back = Some(frame);
     }
 
     /// Whether a framing violation closes the connection at once (the
@@ -295,6 +305,9 @@ impl FrameReceiver {
     /// returned as an error and closes the connection with that reason; after
     /// any error or end, every later call returns `Ok(None)`.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        if let Some(frame) = self.pushed_back.take() {
+            return Ok(Some(frame));
+        }
         if self.done {
             return Ok(None);
         }

@@ -1,0 +1,793 @@
+//! The capnweb dialect: wire-compatible with npm `capnweb` 0.12 over any
+//! transport that carries JSON text frames (WebSocket text messages,
+//! newline-delimited stdio).
+//!
+//! A [`CapnwebSession`] maps capnweb's tables onto capwire objects: its
+//! export 0 is a capwire [`Capability`] (the "main" object the peer sees),
+//! `push`ed calls are capwire calls on the exported capabilities, their
+//! results wait in the export table until `pull`ed, and capabilities the
+//! peer exports (functions, `RpcTarget`s) become capwire capabilities whose
+//! calls are `push` + `pull` to the peer. `docs/capnweb.md` lists what is
+//! supported and how errors map.
+
+mod expr;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use capwire_proto::{Code, Status};
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::capability::{CapKind, Capability};
+use crate::object::{CallContext, Object};
+use crate::transport::{CloseReason, FrameReceiver, FrameSender, Transport};
+use crate::value::Value;
+
+/// The WebSocket close code capnweb uses after `abort`.
+pub const ABORT_CLOSE_CODE: u16 = 3000;
+
+type Outcome = Shared<BoxFuture<'static, Result<Value, Status>>>;
+
+enum Export {
+    /// A capability: the main object, or one we introduced (`["export", -n]`).
+    Cap { cap: Capability, refs: u64 },
+    /// The result of a `push`, settling or settled.
+    Promise { outcome: Outcome, refs: u64 },
+}
+
+struct State {
+    exports: HashMap<i64, Export>,
+    /// `push`es received so far: the next one is export `pushed + 1`.
+    pushed: i64,
+    /// The last negative export id we minted.
+    minted: i64,
+    /// Our own `push`es: the next one is import `asked + 1`.
+    asked: i64,
+    /// Our pushes and the peer's exported promises, waiting for `resolve`/`reject`.
+    waiting: HashMap<i64, oneshot::Sender<Result<Json, Json>>>,
+    /// The peer's capabilities we hold: id -> (handle, introductions).
+    stubs: HashMap<i64, (Weak<PeerStub>, u64)>,
+    /// The same handles by address, to send them back as `["import", id]`.
+    stub_ids: HashMap<usize, i64>,
+    ended: Option<Status>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    sender: FrameSender,
+    closed: CancellationToken,
+}
+
+/// One capnweb connection, either side. Cheap to clone.
+#[derive(Clone)]
+pub struct CapnwebSession {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CapnwebSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapnwebSession").finish_non_exhaustive()
+    }
+}
+
+/// Counts of the session's tables, for leak checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapnwebStats {
+    /// Entries in the export table (the main object included).
+    pub exports: usize,
+    /// The peer's capabilities held here (its main object excluded).
+    pub imports: usize,
+}
+
+impl CapnwebSession {
+    /// Runs capnweb over `transport`, offering `main` as export 0. The
+    /// peer's own main object is [`CapnwebSession::peer_main`].
+    pub fn new(transport: Transport, main: Capability) -> CapnwebSession {
+        let Transport {
+            sender, receiver, ..
+        } = transport;
+        let mut exports = HashMap::new();
+        exports.insert(0, Export::Cap { cap: main, refs: 1 });
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                exports,
+                pushed: 0,
+                minted: 0,
+                asked: 0,
+                waiting: HashMap::new(),
+                stubs: HashMap::new(),
+                stub_ids: HashMap::new(),
+                ended: None,
+            }),
+            sender,
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(read_loop(inner.clone(), receiver));
+        CapnwebSession { inner }
+    }
+
+    /// The peer's main object (its import 0).
+    pub fn peer_main(&self) -> Capability {
+        self.inner.stub(0)
+    }
+
+    /// Table sizes.
+    pub fn stats(&self) -> CapnwebStats {
+        let st = self.inner.lock();
+        CapnwebStats {
+            exports: st.exports.len(),
+            imports: st.stubs.keys().filter(|id| **id != 0).count(),
+        }
+    }
+
+    /// Resolves when the session has ended, with the reason.
+    pub async fn closed(&self) -> Status {
+        self.inner.closed.cancelled().await;
+        self.inner
+            .lock()
+            .ended
+            .clone()
+            .unwrap_or_else(|| Status::unavailable("closed"))
+    }
+
+    /// Ends the session: the transport closes.
+    pub async fn close(&self) {
+        self.inner
+            .end(Status::unavailable("the session was closed"));
+        let _ = self.inner.sender.close(CloseReason::normal()).await;
+    }
+}
+
+/// A capability the peer exported to us: calls become `push` + `pull`.
+struct PeerStub {
+    inner: Weak<Inner>,
+    id: i64,
+}
+
+impl Drop for PeerStub {
+    fn drop(&mut self) {
+        if self.id == 0 {
+            return;
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            let n = {
+                let mut st = inner.lock();
+                match st.stubs.get(&self.id) {
+                    Some((weak, n)) if weak.strong_count() == 0 => {
+                        let n = *n;
+                        st.stubs.remove(&self.id);
+                        st.stub_ids.retain(|_, id| *id != self.id);
+                        n
+                    }
+                    _ => return,
+                }
+            };
+            inner.send_now(json!(["release", self.id, n]));
+        }
+    }
+}
+
+impl Object for PeerStub {
+    fn call(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        _ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Value, Status>> {
+        // A function stub is called with the empty path; `call` names that.
+        let path = if method == "call" {
+            json!([])
+        } else {
+            json!([method])
+        };
+        let this = self.clone();
+        async move {
+            let inner = this
+                .inner
+                .upgrade()
+                .ok_or_else(|| Status::unavailable("the capnweb session is closed"))?;
+            let args = inner.encode_args(&args)?;
+            let (id, rx) = {
+                let mut st = inner.lock();
+                if let Some(s) = &st.ended {
+                    return Err(s.clone());
+                }
+                st.asked += 1;
+                let id = st.asked;
+                let (tx, rx) = oneshot::channel();
+                st.waiting.insert(id, tx);
+                (id, rx)
+            };
+            inner
+                .send(json!(["push", ["pipeline", this.id, path, args]]))
+                .await?;
+            inner.send(json!(["pull", id])).await?;
+            let settled = rx
+                .await
+                .map_err(|_| Status::unavailable("the capnweb session closed"))?;
+            let _ = inner.send(json!(["release", id, 1])).await;
+            match settled {
+                Ok(expr) => inner.eval_value(expr).await,
+                Err(err) => Err(expr::decode_error(&err)),
+            }
+        }
+        .boxed()
+    }
+
+    fn type_name(&self) -> &str {
+        "capnweb stub"
+    }
+}
+
+/// Why the session aborts: a capnweb `Error` with this message.
+fn violation(message: impl Into<String>) -> Status {
+    Status::protocol_violation(message)
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stub(self: &Arc<Self>, id: i64) -> Capability {
+        let mut st = self.lock();
+        if let Some((weak, n)) = st.stubs.get_mut(&id) {
+            if let Some(live) = weak.upgrade() {
+                *n += 1;
+                return Capability::from_arc(live);
+            }
+        }
+        let stub = Arc::new(PeerStub {
+            inner: Arc::downgrade(self),
+            id,
+        });
+        st.stubs.insert(id, (Arc::downgrade(&stub), 1));
+        st.stub_ids.insert(Arc::as_ptr(&stub) as usize, id);
+        Capability::from_arc(stub)
+    }
+
+    fn frame(message: &Json) -> Bytes {
+        Bytes::from(message.to_string())
+    }
+
+    async fn send(&self, message: Json) -> Result<(), Status> {
+        self.sender
+            .send(Inner::frame(&message))
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot send: {e}")))
+    }
+
+    /// From code that cannot wait (drops): order does not matter for these.
+    fn send_now(&self, message: Json) {
+        let frame = Inner::frame(&message);
+        if let Ok(Some(frame)) = self.sender.try_send(frame) {
+            let sender = self.sender.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = sender.send(frame).await;
+                });
+            }
+        }
+    }
+
+    fn end(&self, status: Status) {
+        let waiting = {
+            let mut st = self.lock();
+            if st.ended.is_some() {
+                return;
+            }
+            st.ended = Some(status);
+            st.exports.clear();
+            std::mem::take(&mut st.waiting)
+        };
+        drop(waiting);
+        self.closed.cancel();
+    }
+
+    /// Sends `abort` and closes with 3000, as capnweb does.
+    async fn abort(&self, status: Status) {
+        tracing::warn!(%status, "aborting the capnweb session");
+        let err = json!(["error", "Error", status.message]);
+        let _ = self.send(json!(["abort", err])).await;
+        let mut reason = status.message.clone();
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        let _ = self
+            .sender
+            .close(CloseReason::new(ABORT_CLOSE_CODE, reason))
+            .await;
+        self.end(status);
+    }
+
+    /// The capnweb expression for an outgoing value: our capabilities are
+    /// exported under fresh negative ids; the peer's own come back as imports.
+    fn encode_value(&self, value: &Value) -> Result<Json, Status> {
+        let tree: Json = value.decode()?;
+        let mut st = self.lock();
+        expr::encode_tree(&tree, &mut |n| {
+            let cap = value
+                .caps
+                .get(n)
+                .ok_or_else(|| Status::new(Code::InvalidArgument, format!("no capability {n}")))?;
+            if let CapKind::Local(obj) = &cap.kind {
+                // The peer's own capability goes back as its id.
+                let addr = Arc::as_ptr(obj) as *const () as usize;
+                if let Some(id) = st.stub_ids.get(&addr) {
+                    return Ok(json!(["import", id]));
+                }
+            }
+            st.minted -= 1;
+            let id = st.minted;
+            st.exports.insert(
+                id,
+                Export::Cap {
+                    cap: cap.clone(),
+                    refs: 1,
+                },
+            );
+            Ok(json!(["export", id]))
+        })
+    }
+
+    /// Arguments travel as a raw list of expressions.
+    fn encode_args(&self, args: &Value) -> Result<Json, Status> {
+        match self.encode_value(args)? {
+            // `encode_tree` wraps arrays: unwrap the one level.
+            Json::Array(mut outer) if outer.len() == 1 && outer[0].is_array() => {
+                Ok(outer.remove(0))
+            }
+            Json::Null => Ok(json!([])),
+            other => Ok(json!([other])),
+        }
+    }
+
+    /// Evaluates an incoming expression into a capwire value.
+    async fn eval_value(self: &Arc<Self>, expr: Json) -> Result<Value, Status> {
+        let mut caps = Vec::new();
+        let tree = self.eval(expr, &mut caps).await?;
+        Value::with_caps(&tree, caps)
+    }
+
+    /// Evaluates an expression into a value tree, collecting capabilities.
+    fn eval<'a>(
+        self: &'a Arc<Self>,
+        expr: Json,
+        caps: &'a mut Vec<Capability>,
+    ) -> BoxFuture<'a, Result<Json, Status>> {
+        async move {
+            match expr {
+                Json::Array(items) => self.eval_array(items, caps).await,
+                Json::Object(map) => {
+                    let mut out = Map::new();
+                    for (k, v) in map {
+                        let v = self.eval(v, caps).await?;
+                        if !expr::is_hidden_key(&k) {
+                            out.insert(k, v);
+                        }
+                    }
+                    Ok(expr::user_map(out))
+                }
+                other => Ok(other),
+            }
+        }
+        .boxed()
+    }
+
+    async fn eval_array(
+        self: &Arc<Self>,
+        mut items: Vec<Json>,
+        caps: &mut Vec<Capability>,
+    ) -> Result<Json, Status> {
+        if items.len() == 1 && items[0].is_array() {
+            let Some(Json::Array(inner)) = items.pop() else {
+                unreachable!("checked above")
+            };
+            let mut out = Vec::with_capacity(inner.len());
+            for item in inner {
+                out.push(self.eval(item, caps).await?);
+            }
+            return Ok(Json::Array(out));
+        }
+        let Some(tag) = items.first().and_then(Json::as_str).map(str::to_owned) else {
+            return Err(violation(
+                "an array must be escaped or start with a type tag",
+            ));
+        };
+        if let Some(value) = expr::special(&tag, &items[1..]) {
+            return value;
+        }
+        let id = items.get(1).and_then(Json::as_i64);
+        let cap_ref = |cap: Capability, caps: &mut Vec<Capability>| {
+            caps.push(cap);
+            json!({ "$cap": caps.len() - 1 })
+        };
+        match (tag.as_str(), id) {
+            ("export", Some(id)) => Ok(cap_ref(self.stub(id), caps)),
+            ("import", Some(id)) => {
+                let found = match self.lock().exports.get(&id) {
+                    Some(Export::Cap { cap, .. }) => Some(Ok(cap.clone())),
+                    Some(Export::Promise { outcome, .. }) => Some(Err(outcome.clone())),
+                    None => None,
+                };
+                match found {
+                    Some(Ok(cap)) => Ok(cap_ref(cap, caps)),
+                    Some(Err(outcome)) => self.graft(outcome.await, caps),
+                    None => Err(violation(format!("no such entry on exports table: {id}"))),
+                }
+            }
+            ("promise", Some(id)) => {
+                let rx = {
+                    let mut st = self.lock();
+                    let (tx, rx) = oneshot::channel();
+                    st.waiting.insert(id, tx);
+                    rx
+                };
+                let settled = rx
+                    .await
+                    .map_err(|_| Status::unavailable("the capnweb session closed"))?;
+                self.send_now(json!(["release", id, 1]));
+                match settled {
+                    Ok(expr) => self.eval(expr, caps).await,
+                    Err(err) => Err(expr::decode_error(&err)),
+                }
+            }
+            ("pipeline", Some(id)) => {
+                let path = items.get(2).cloned().unwrap_or(json!([]));
+                let args = items.get(3).cloned();
+                let value = self.pipeline(id, path, args).await?;
+                self.graft(Ok(value), caps)
+            }
+            ("remap", _) => Err(Status::new(
+                Code::Unimplemented,
+                "capnweb `.map()` (remap) is not supported by this peer yet",
+            )),
+            ("writable" | "readable", _) => Err(Status::new(
+                Code::Unimplemented,
+                "capnweb streams are not supported by this peer yet",
+            )),
+            _ => Err(violation(format!(
+                "unknown special value: {}",
+                Json::Array(items)
+            ))),
+        }
+    }
+
+    /// Moves a value's capabilities into `caps`, renumbering its placeholders.
+    fn graft(
+        &self,
+        value: Result<Value, Status>,
+        caps: &mut Vec<Capability>,
+    ) -> Result<Json, Status> {
+        let value = value?;
+        let mut tree: Json = value.decode()?;
+        let offset = caps.len();
+        renumber(&mut tree, offset);
+        caps.extend(value.caps.iter().cloned());
+        Ok(tree)
+    }
+
+    /// `["pipeline", id, path, args]`: a property path of export `id`, and a
+    /// call when `args` is present.
+    async fn pipeline(
+        self: &Arc<Self>,
+        id: i64,
+        path: Json,
+        args: Option<Json>,
+    ) -> Result<Value, Status> {
+        let Json::Array(path) = path else {
+            return Err(violation("a pipeline path is a list"));
+        };
+        let target = match self.lock().exports.get(&id) {
+            Some(Export::Cap { cap, .. }) => Ok(cap.clone()),
+            Some(Export::Promise { outcome, .. }) => Err(outcome.clone()),
+            None => return Err(violation(format!("no such entry on exports table: {id}"))),
+        };
+        let args = match args {
+            Some(Json::Array(list)) => {
+                let mut caps = Vec::new();
+                let mut items = Vec::with_capacity(list.len());
+                for a in list {
+                    items.push(self.eval(a, &mut caps).await?);
+                }
+                Some(Value::with_caps(&Json::Array(items), caps)?)
+            }
+            Some(_) => return Err(violation("pipeline arguments are a list")),
+            None => None,
+        };
+        // Walk the path: through data until a capability, whose method is the rest.
+        let (cap, rest) = match target {
+            Ok(cap) => (cap, path.as_slice()),
+            Err(outcome) => {
+                let value = outcome.await?;
+                match locate(&value, &path)? {
+                    Located::Cap(cap, used) => (cap, &path[used..]),
+                    Located::Value(v) if args.is_none() => return Ok(v),
+                    Located::Value(_) => {
+                        return Err(Status::new(
+                            Code::InvalidArgument,
+                            format!("'{}' is not a function.", path_text(&path)),
+                        ))
+                    }
+                }
+            }
+        };
+        let Some(args) = args else {
+            // A reference, not a call: the capability itself, when the path
+            // ends at it.
+            if rest.is_empty() {
+                return Ok(Value::capability(cap));
+            }
+            return Err(Status::new(
+                Code::Unimplemented,
+                "reading a property of a capwire object is not supported: call a method",
+            ));
+        };
+        let method = match rest {
+            [] => "call".to_owned(),
+            [Json::String(m)] => m.clone(),
+            _ => {
+                return Err(Status::new(
+                    Code::InvalidArgument,
+                    format!("'{}' is not a function.", path_text(&path)),
+                ))
+            }
+        };
+        cap.call(&method, args).await
+    }
+}
+
+fn path_text(path: &[Json]) -> String {
+    path.iter()
+        .map(|p| match p {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+enum Located {
+    /// A capability, reached after this many path segments.
+    Cap(Capability, usize),
+    /// Plain data at the end of the path.
+    Value(Value),
+}
+
+/// Follows `path` into a value: stops at the first capability.
+fn locate(value: &Value, path: &[Json]) -> Result<Located, Status> {
+    let tree: Json = value.decode()?;
+    let mut node = &tree;
+    for (i, seg) in path.iter().enumerate() {
+        if let Json::Object(map) = node {
+            if let Some(n) = expr::placeholder(map) {
+                return Ok(Located::Cap(value.cap(n)?, i));
+            }
+        }
+        let data = match node {
+            Json::Object(map) => expr::escaped(map)
+                .map(|m| m as &Map<String, Json>)
+                .or(Some(map)),
+            _ => None,
+        };
+        node = match (seg, node, data) {
+            (Json::String(k), _, Some(map)) => map.get(k).unwrap_or(&Json::Null),
+            (Json::Number(n), Json::Array(items), _) => n
+                .as_u64()
+                .and_then(|n| items.get(n as usize))
+                .unwrap_or(&Json::Null),
+            _ => &Json::Null,
+        };
+    }
+    if let Json::Object(map) = node {
+        if let Some(n) = expr::placeholder(map) {
+            return Ok(Located::Cap(value.cap(n)?, path.len()));
+        }
+    }
+    // The data at the path, with the capabilities it holds.
+    let mut sub = node.clone();
+    let mut used = Vec::new();
+    collect_caps(&mut sub, value, &mut used)?;
+    Ok(Located::Value(Value::with_caps(&sub, used)?))
+}
+
+/// Renumbers the placeholders of a subtree into a fresh table.
+fn collect_caps(tree: &mut Json, value: &Value, used: &mut Vec<Capability>) -> Result<(), Status> {
+    match tree {
+        Json::Array(items) => {
+            for i in items {
+                collect_caps(i, value, used)?;
+            }
+        }
+        Json::Object(map) => {
+            if let Some(n) = expr::placeholder(map) {
+                used.push(value.cap(n)?);
+                *tree = json!({ "$cap": used.len() - 1 });
+                return Ok(());
+            }
+            let inner = if expr::escaped(map).is_some() {
+                map.get_mut("$esc").and_then(Json::as_object_mut)
+            } else {
+                Some(map)
+            };
+            for v in inner.into_iter().flat_map(|m| m.values_mut()) {
+                collect_caps(v, value, used)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Adds `offset` to every placeholder of a tree.
+fn renumber(tree: &mut Json, offset: usize) {
+    match tree {
+        Json::Array(items) => items.iter_mut().for_each(|i| renumber(i, offset)),
+        Json::Object(map) => {
+            if let Some(n) = expr::placeholder(map) {
+                *tree = json!({ "$cap": n + offset });
+                return;
+            }
+            let inner = if expr::escaped(map).is_some() {
+                map.get_mut("$esc").and_then(Json::as_object_mut)
+            } else {
+                Some(map)
+            };
+            for v in inner.into_iter().flat_map(|m| m.values_mut()) {
+                renumber(v, offset);
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
+    loop {
+        let next = tokio::select! {
+            r = receiver.recv() => r,
+            _ = inner.closed.cancelled() => return,
+        };
+        let bytes = match next {
+            Ok(Some(b)) => b,
+            Ok(None) => return inner.end(Status::unavailable("the peer closed the connection")),
+            Err(e) => return inner.end(Status::unavailable(format!("the connection failed: {e}"))),
+        };
+        let message: Json = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => return inner.abort(violation(e.to_string())).await,
+        };
+        if let Err(status) = handle(&inner, message).await {
+            return inner.abort(status).await;
+        }
+    }
+}
+
+fn bad_message(message: &Json) -> Status {
+    let mut text = message.to_string();
+    text.truncate(200);
+    violation(format!("bad RPC message: {text}"))
+}
+
+/// Handles one message. An `Err` aborts the session.
+async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
+    let Json::Array(items) = &message else {
+        return Err(bad_message(&message));
+    };
+    let kind = items.first().and_then(Json::as_str).unwrap_or("");
+    match (kind, items.len()) {
+        ("push", 2) => {
+            let expr = items[1].clone();
+            let me = inner.clone();
+            let outcome: Outcome = async move { me.eval_value(expr).await }.boxed().shared();
+            {
+                let mut st = inner.lock();
+                st.pushed += 1;
+                let id = st.pushed;
+                st.exports.insert(
+                    id,
+                    Export::Promise {
+                        outcome: outcome.clone(),
+                        refs: 1,
+                    },
+                );
+            }
+            // Started now, inline until it waits: calls start in arrival order.
+            let me = inner.clone();
+            crate::session::start_inline(async move {
+                if let Err(status) = outcome.await {
+                    if status.reason == Some(capwire_proto::Reason::PROTOCOL_VIOLATION) {
+                        me.abort(status).await;
+                    }
+                }
+            });
+            Ok(())
+        }
+        ("pull", 2) => {
+            let id = items[1].as_i64().ok_or_else(|| bad_message(&message))?;
+            let outcome = match inner.lock().exports.get(&id) {
+                Some(Export::Promise { outcome, .. }) => outcome.clone(),
+                Some(Export::Cap { .. }) => return Ok(()),
+                None => return Err(violation(format!("no such export ID: {id}"))),
+            };
+            let me = inner.clone();
+            crate::session::start_inline(async move {
+                let reply = match outcome.await.and_then(|v| me.encode_value(&v)) {
+                    Ok(expr) => json!(["resolve", id, expr]),
+                    Err(status) => json!(["reject", id, expr::encode_error(&status)]),
+                };
+                let _ = me.send(reply).await;
+            });
+            Ok(())
+        }
+        ("resolve" | "reject", 3) => {
+            let id = items[1].as_i64().ok_or_else(|| bad_message(&message))?;
+            let waiter = inner.lock().waiting.remove(&id);
+            let expr = items[2].clone();
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(if kind == "resolve" {
+                        Ok(expr)
+                    } else {
+                        Err(expr)
+                    });
+                }
+                // Released, or never asked: still release what it introduced.
+                None if kind == "resolve" => {
+                    let me = inner.clone();
+                    tokio::spawn(async move {
+                        let _ = me.eval_value(expr).await;
+                    });
+                }
+                None => {}
+            }
+            Ok(())
+        }
+        ("release", 3) => {
+            let id = items[1].as_i64().ok_or_else(|| bad_message(&message))?;
+            let n = items[2]
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad_message(&message))?;
+            let removed = {
+                let mut st = inner.lock();
+                let refs = match st.exports.get_mut(&id) {
+                    Some(Export::Cap { refs, .. } | Export::Promise { refs, .. }) => refs,
+                    None => return Err(violation(format!("no such export ID: {id}"))),
+                };
+                // JS releases 1 however often an id was introduced: accept n <= count.
+                if n > *refs {
+                    return Err(violation(format!(
+                        "refcount would go negative for export {id}"
+                    )));
+                }
+                *refs -= n;
+                if *refs == 0 && id != 0 {
+                    st.exports.remove(&id)
+                } else {
+                    None
+                }
+            };
+            drop(removed);
+            Ok(())
+        }
+        ("abort", 2) => {
+            let status = expr::decode_error(&items[1]);
+            inner.end(Status::unavailable(format!(
+                "the peer aborted: {}",
+                status.message
+            )));
+            Ok(())
+        }
+        ("stream" | "pipe", _) => Err(violation(format!(
+            "capnweb `{kind}` is not supported by this peer yet"
+        ))),
+        _ => Err(bad_message(&message)),
+    }
+}

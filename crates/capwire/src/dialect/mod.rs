@@ -1,0 +1,107 @@
+//! Dialects: the protocols a capwire listener speaks, told apart by the
+//! peer's first message (DESIGN §5 "one port, every client").
+//!
+//! - a capwire/1 `hello` (a JSON object or a MessagePack map): a native
+//!   [`Session`];
+//! - a JSON array: [`capnweb`], with the served object named by
+//!   [`ServeConfig::capnweb_main`] as the peer's main object.
+
+pub mod capnweb;
+
+use capwire_proto::{Code, Status};
+
+use crate::registry::Registry;
+use crate::session::{Session, SessionConfig};
+use crate::transport::Transport;
+use crate::Capability;
+
+/// How [`serve`] runs a connection.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// For native sessions.
+    pub session: SessionConfig,
+    /// The served name a capnweb peer gets as its main object; when `None`,
+    /// the registry's only served name (capnweb has no bootstrap by name).
+    pub capnweb_main: Option<String>,
+}
+
+/// A connection being served, in the dialect its peer speaks.
+#[derive(Debug, Clone)]
+pub enum Served {
+    /// A native capwire/1 session.
+    Native(Session),
+    /// A capnweb session.
+    Capnweb(capnweb::CapnwebSession),
+}
+
+/// Which dialect a first frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// capwire/1, either codec.
+    Native,
+    /// capnweb (a JSON array).
+    Capnweb,
+}
+
+/// Tells the dialect from the first frame a peer sent.
+pub fn detect(first: &[u8]) -> Dialect {
+    match first
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    {
+        Some(b'[') => Dialect::Capnweb,
+        _ => Dialect::Native,
+    }
+}
+
+/// Waits for the peer's first message and serves the connection in its
+/// dialect. A peer that closes before saying anything is an `unavailable` error.
+pub async fn serve(
+    mut transport: Transport,
+    registry: Registry,
+    config: ServeConfig,
+) -> Result<Served, Status> {
+    let first = transport
+        .receiver
+        .recv()
+        .await
+        .map_err(|e| Status::unavailable(format!("the connection failed: {e}")))?
+        .ok_or_else(|| Status::unavailable("the peer closed before its first message"))?;
+    let dialect = detect(&first);
+    transport.receiver.unread(first);
+    match dialect {
+        Dialect::Native => Ok(Served::Native(Session::new(
+            transport,
+            registry,
+            config.session,
+        ))),
+        Dialect::Capnweb => {
+            let main = capnweb_main(&registry, config.capnweb_main.as_deref())?;
+            Ok(Served::Capnweb(capnweb::CapnwebSession::new(
+                transport, main,
+            )))
+        }
+    }
+}
+
+fn capnweb_main(registry: &Registry, name: Option<&str>) -> Result<Capability, Status> {
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => {
+            let names = registry.names();
+            match names.as_slice() {
+                [(only, _)] => only.clone(),
+                _ => {
+                    return Err(Status::new(
+                        Code::FailedPrecondition,
+                        "capnweb peers need a main object: set ServeConfig::capnweb_main",
+                    ))
+                }
+            }
+        }
+    };
+    registry
+        .main_capability(&name)
+        .ok_or_else(|| Status::new(Code::NotFound, format!("`{name}` is not served")))
+}
