@@ -396,3 +396,141 @@ fn capnweb_client_against_the_demo() {
     assert!(!text.contains("FAIL"), "{text}");
     assert!(text.contains("ok   callMeBack(fn)"), "{text}");
 }
+
+/// The other direction: a capwire client (the capnweb dialect) drives the
+/// official capnweb server: calls, returned capabilities passed back,
+/// callbacks, data, errors; and after the handles are dropped, the JS
+/// session's own stats show nothing leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_against_a_capnweb_server() {
+    use capwire::dialect::capnweb::CapnwebSession;
+    use capwire::transport::{self, TransportConfig};
+    use capwire::{Capability, Code, Methods, Status, Value};
+    use std::io::BufRead;
+
+    let Some(dir) = interop() else { return };
+    let mut child = Command::new("node")
+        .arg(dir.join("capnweb/server.mjs"))
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    assert!(addr.starts_with("ws://127.0.0.1:"), "{line}");
+
+    let t = transport::connect(&addr.parse().unwrap(), &TransportConfig::default())
+        .await
+        .expect("connect");
+    let no_main = Capability::error(Status::new(Code::NotFound, "this client serves nothing"));
+    let session = CapnwebSession::new(t, no_main);
+    let api = session.peer_main();
+    let v = |j: serde_json::Value| Value::new(&j).unwrap();
+
+    let n: i64 = api
+        .call("square", v(serde_json::json!([7])))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(n, 49);
+
+    let counter = api
+        .call("makeCounter", v(serde_json::json!([5])))
+        .await
+        .unwrap()
+        .cap(0)
+        .expect("a Counter stub");
+    let n: i64 = counter
+        .call("increment", v(serde_json::json!([1])))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(n, 6);
+    // The JS server's own object, passed back to it.
+    let args =
+        Value::with_caps(&serde_json::json!([{"$cap": 0}, 10]), vec![counter.clone()]).unwrap();
+    let n: i64 = api
+        .call("incrementCounter", args)
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(n, 16);
+
+    // A callback: our function, called by the JS server.
+    let f = Capability::local(Methods::new("PlusOne").method(
+        "call",
+        |args: Value, _ctx| async move {
+            let (n,): (i64,) = args.decode()?;
+            Value::new(&(n + 1))
+        },
+    ));
+    let args = Value::with_caps(&serde_json::json!([{"$cap": 0}]), vec![f]).unwrap();
+    let r: String = api
+        .call("callMeBack", args)
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(r, "callback returned 11");
+
+    let ids: Vec<i64> = api
+        .call("listIds", v(serde_json::json!([])))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(ids, [1, 2, 3]);
+    let nested = serde_json::json!([{"a": [1, [2]], "b": null, "c": {"$cap": "not one"}}]);
+    let back: serde_json::Value = api
+        .call("echo", v(nested.clone()))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    // A JS map that reads as a placeholder arrives escaped (protocol.md §4.3).
+    let escaped = serde_json::json!({"a": [1, [2]], "b": null, "c": {"$esc": {"$cap": "not one"}}});
+    assert_eq!(back, escaped);
+
+    let err = api
+        .call("fail", v(serde_json::json!([])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument, "{err}");
+    assert_eq!(err.message, "bad thing");
+    assert_eq!(
+        err.details_json(),
+        Some(serde_json::json!({"name": "RangeError", "code": "E_BAD"}))
+    );
+
+    // Nothing leaks: with the counter dropped, the JS session is back to its
+    // main export and our main import (capnweb's own baseline, 1 and 1).
+    drop(counter);
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..50 {
+        stats = api
+            .call("stats", v(serde_json::json!([])))
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+        if stats == serde_json::json!({"imports": 1, "exports": 1}) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stats,
+        serde_json::json!({"imports": 1, "exports": 1}),
+        "the JS session's tables"
+    );
+    assert_eq!(session.stats().imports, 0, "our side holds no stub either");
+    session.close().await;
+}
