@@ -534,3 +534,28 @@ async fn rust_client_against_a_capnweb_server() {
     assert_eq!(session.stats().imports, 0, "our side holds no stub either");
     session.close().await;
 }
+
+/// capnweb's HTTP batch client on the demo's WebSocket port: one POST for
+/// several pipelined calls, errors in the batch, and `405` for a `GET`.
+#[test]
+fn capnweb_http_batch_against_the_demo() {
+    let Some(dir) = interop() else { return };
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let http = addr.replacen("ws://", "http://", 1);
+    let out = Command::new("node")
+        .arg(dir.join("capnweb/batch.mjs"))
+        .arg(&http)
+        .current_dir(&dir)
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the batch client failed:\n{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("ok   one batch: [36,5,9,\"user9\"]"),
+        "{text}"
+    );
+}

@@ -14,6 +14,8 @@ pub enum TransportKind {
     Unix,
     /// A WebSocket.
     WebSocket,
+    /// One HTTP batch request (capnweb's `POST` of newline-separated messages).
+    HttpBatch,
     /// This process's own stdin/stdout.
     Stdio,
     /// The stdin/stdout of a child process this side spawned.

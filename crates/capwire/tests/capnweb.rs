@@ -261,3 +261,79 @@ fn dialects_are_told_by_the_first_byte() {
     assert_eq!(detect(b"{\"hello\":{\"v\":1}}"), Dialect::Native);
     assert_eq!(detect(&[0x81, 0xa5]), Dialect::Native);
 }
+
+/// Raw HTTP on the WebSocket port: a POSTed batch gets its answers, one per
+/// line; an empty batch gets an empty 200; anything but POST gets 405.
+#[tokio::test]
+async fn http_batch_on_the_same_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _sessions, _h) = server().await;
+    let Address::Ws { authority, .. } = &addr else {
+        panic!("{addr}")
+    };
+    async fn http(authority: &str, request: String) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        within(
+            Duration::from_secs(5),
+            "the HTTP response",
+            tcp.read_to_string(&mut out),
+        )
+        .await
+        .unwrap();
+        out
+    }
+    let body = [
+        json!(["push", ["pipeline", 0, ["square"], [6]]]),
+        json!(["push", ["pipeline", 0, ["makeCounter"], [2]]]),
+        json!(["push", ["pipeline", 2, ["increment"], [3]]]),
+        json!(["push", ["pipeline", 0, ["fail"], []]]),
+        json!(["pull", 1]),
+        json!(["pull", 3]),
+        json!(["pull", 4]),
+    ]
+    .iter()
+    .map(Json::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let response = http(
+        authority,
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let (_, answer) = response.split_once("\r\n\r\n").unwrap();
+    let lines: Vec<Json> = answer
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.contains(&json!(["resolve", 1, 36])), "{lines:?}");
+    assert!(lines.contains(&json!(["resolve", 3, 5])), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l[0] == "reject" && l[1] == 4),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 3, "only pulled ids are answered: {lines:?}");
+
+    let empty = http(
+        authority,
+        "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n".into(),
+    )
+    .await;
+    assert!(
+        empty.starts_with("HTTP/1.1 200 OK") && empty.ends_with("\r\n\r\n"),
+        "{empty}"
+    );
+    let get = http(authority, "GET / HTTP/1.1\r\nHost: x\r\n\r\n".into()).await;
+    assert!(get.starts_with("HTTP/1.1 405"), "{get}");
+    let chunked = http(
+        authority,
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 411"), "{chunked}");
+}

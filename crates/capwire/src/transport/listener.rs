@@ -139,9 +139,10 @@ async fn ws_accept_loop(l: TcpListener, tx: mpsc::Sender<Transport>, config: Tra
         let config = config.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws::accept(tcp, &config)).await {
-                Ok(Ok(t)) => {
+                Ok(Ok(Some(t))) => {
                     let _ = tx.send(t).await;
                 }
+                Ok(Ok(None)) => tracing::debug!("answered a plain HTTP request"),
                 Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
                 Err(_) => tracing::debug!("websocket handshake timed out"),
             }

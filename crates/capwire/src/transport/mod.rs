@@ -7,6 +7,7 @@
 //! the codec lives in `capwire-proto`.
 
 mod address;
+mod http_batch;
 mod listener;
 mod mem;
 mod stream;

@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{
-    CloseReason, FrameReceiver, FrameSender, Outgoing, ReceiverInner, Transport, TransportConfig,
-    TransportError,
+    http_batch, CloseReason, FrameReceiver, FrameSender, Outgoing, ReceiverInner, Transport,
+    TransportConfig, TransportError,
 };
 use crate::attestation::{Attestation, TransportKind};
 
@@ -170,14 +170,21 @@ pub(super) async fn connect(
     Ok(ws_transport(ws, att, config))
 }
 
-/// Runs the server side of the handshake on an accepted TCP stream.
+/// Serves an accepted TCP stream: a WebSocket upgrade runs the handshake; a
+/// plain HTTP request is capnweb's HTTP batch (`Ok(None)` when it was
+/// answered without a session, e.g. `405` for a `GET`).
 pub(super) async fn accept(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     config: &TransportConfig,
-) -> Result<Transport, TransportError> {
+) -> Result<Option<Transport>, TransportError> {
     let _ = tcp.set_nodelay(true);
     let mut att = Attestation::new(TransportKind::WebSocket);
     att.peer_addr = tcp.peer_addr().ok().map(|a| a.to_string());
+    let (head, read) = http_batch::read_head(&mut tcp).await?;
+    if !head.upgrade {
+        return http_batch::serve(tcp, head, read, att, config).await;
+    }
+    let stream = http_batch::Prefixed::new(read, tcp);
     let mut seen: Option<(String, Option<String>)> = None;
     // The callback's signature, with its large error type, is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -191,12 +198,12 @@ pub(super) async fn accept(
         Ok(resp)
     };
     let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config(config)))
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config)))
             .await
             .map_err(|e| TransportError::WebSocket(format!("handshake failed: {e}")))?;
     if let Some((path, origin)) = seen {
         att.path = Some(path);
         att.origin = origin;
     }
-    Ok(ws_transport(ws, att, config))
+    Ok(Some(ws_transport(ws, att, config)))
 }

@@ -13,6 +13,7 @@
 mod expr;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -20,9 +21,10 @@ use capwire_proto::{Code, Status};
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use serde_json::{json, Map, Value as Json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::attestation::TransportKind;
 use crate::capability::{CapKind, Capability};
 use crate::object::{CallContext, Object};
 use crate::transport::{CloseReason, FrameReceiver, FrameSender, Transport};
@@ -30,6 +32,9 @@ use crate::value::Value;
 
 /// The WebSocket close code capnweb uses after `abort`.
 pub const ABORT_CLOSE_CODE: u16 = 3000;
+
+/// How long one HTTP batch may take to answer its pulls.
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Outcome = Shared<BoxFuture<'static, Result<Value, Status>>>;
 
@@ -61,6 +66,11 @@ struct Inner {
     state: Mutex<State>,
     sender: FrameSender,
     closed: CancellationToken,
+    /// One HTTP batch: when the input ends, answer what was pulled, then close.
+    batch: bool,
+    /// `pull`s not answered yet.
+    pulls: AtomicUsize,
+    pulled: Notify,
 }
 
 /// One capnweb connection, either side. Cheap to clone.
@@ -89,7 +99,9 @@ impl CapnwebSession {
     /// peer's own main object is [`CapnwebSession::peer_main`].
     pub fn new(transport: Transport, main: Capability) -> CapnwebSession {
         let Transport {
-            sender, receiver, ..
+            sender,
+            receiver,
+            attestation,
         } = transport;
         let mut exports = HashMap::new();
         exports.insert(0, Export::Cap { cap: main, refs: 1 });
@@ -106,6 +118,9 @@ impl CapnwebSession {
             }),
             sender,
             closed: CancellationToken::new(),
+            batch: attestation.transport == TransportKind::HttpBatch,
+            pulls: AtomicUsize::new(0),
+            pulled: Notify::new(),
         });
         tokio::spawn(read_loop(inner.clone(), receiver));
         CapnwebSession { inner }
@@ -273,6 +288,27 @@ impl Inner {
                 });
             }
         }
+    }
+
+    /// The batch's messages are all in: answer every pull, then close (the
+    /// transport writes the HTTP response). A pull that takes longer than
+    /// the batch allows is left out.
+    async fn finish_batch(&self) {
+        let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
+        loop {
+            let pulled = self.pulled.notified();
+            tokio::pin!(pulled);
+            pulled.as_mut().enable();
+            if self.pulls.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, pulled).await.is_err() {
+                tracing::warn!("an HTTP batch call did not settle in time");
+                break;
+            }
+        }
+        let _ = self.sender.close(CloseReason::normal()).await;
+        self.end(Status::unavailable("the HTTP batch is answered"));
     }
 
     fn end(&self, status: Status) {
@@ -656,6 +692,7 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
         };
         let bytes = match next {
             Ok(Some(b)) => b,
+            Ok(None) if inner.batch => return inner.finish_batch().await,
             Ok(None) => return inner.end(Status::unavailable("the peer closed the connection")),
             Err(e) => return inner.end(Status::unavailable(format!("the connection failed: {e}"))),
         };
@@ -717,12 +754,15 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
                 None => return Err(violation(format!("no such export ID: {id}"))),
             };
             let me = inner.clone();
+            inner.pulls.fetch_add(1, Ordering::AcqRel);
             crate::session::start_inline(async move {
                 let reply = match outcome.await.and_then(|v| me.encode_value(&v)) {
                     Ok(expr) => json!(["resolve", id, expr]),
                     Err(status) => json!(["reject", id, expr::encode_error(&status)]),
                 };
                 let _ = me.send(reply).await;
+                me.pulls.fetch_sub(1, Ordering::AcqRel);
+                me.pulled.notify_waiters();
             });
             Ok(())
         }

@@ -1,0 +1,274 @@
+//! HTTP on the WebSocket port: an upgrade becomes a WebSocket; a `POST` is
+//! capnweb's HTTP batch (research note §2.13) — its body's lines are the
+//! messages of one short session, and the response holds the session's
+//! messages, joined by `\n`. Other methods get `405`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::{
+    FrameReceiver, FrameSender, Outgoing, ReceiverInner, Transport, TransportConfig, TransportError,
+};
+use crate::attestation::{Attestation, TransportKind};
+
+/// Longest request head read before deciding.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A request's head, as far as the decision needs it.
+pub(super) struct Head {
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) upgrade: bool,
+    pub(super) content_length: Option<usize>,
+    pub(super) chunked: bool,
+    pub(super) origin: Option<String>,
+}
+
+/// Reads the request head. Returns it and everything read so far (the head
+/// and any body bytes after it), which a WebSocket handshake reads again.
+pub(super) async fn read_head(tcp: &mut TcpStream) -> Result<(Head, Bytes), TransportError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = parse(&buf[..end])?;
+            return Ok((head, buf.freeze()));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(TransportError::Unsupported(
+                "HTTP request head too large".into(),
+            ));
+        }
+        let n = tcp.read_buf(&mut buf).await.map_err(TransportError::Io)?;
+        if n == 0 {
+            return Err(TransportError::Unsupported(
+                "connection closed inside an HTTP request head".into(),
+            ));
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse(head: &[u8]) -> Result<Head, TransportError> {
+    let text = std::str::from_utf8(head)
+        .map_err(|_| TransportError::Unsupported("HTTP request head is not UTF-8".into()))?;
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_owned();
+    let path = first.next().unwrap_or("/").to_owned();
+    let mut head = Head {
+        method,
+        path,
+        upgrade: false,
+        content_length: None,
+        chunked: false,
+        origin: None,
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "upgrade" => head.upgrade = value.eq_ignore_ascii_case("websocket"),
+            "content-length" => head.content_length = value.parse().ok(),
+            "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
+            "origin" => head.origin = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    Ok(head)
+}
+
+/// A stream that first yields bytes already read from it.
+pub(super) struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub(super) fn new(prefix: Bytes, inner: TcpStream) -> Prefixed {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn respond(
+    tcp: &mut TcpStream,
+    status: &str,
+    extra: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    tcp.write_all(body).await?;
+    tcp.shutdown().await
+}
+
+/// Answers a plain HTTP request. A `POST` with messages becomes a transport
+/// for one batch session (`Some`); everything else is answered here.
+pub(super) async fn serve(
+    mut tcp: TcpStream,
+    head: Head,
+    read: Bytes,
+    attestation: Attestation,
+    config: &TransportConfig,
+) -> Result<Option<Transport>, TransportError> {
+    if head.method != "POST" {
+        respond(
+            &mut tcp,
+            "405 Method Not Allowed",
+            "Allow: POST\r\n",
+            b"capnweb batch requests are POSTs\n",
+        )
+        .await
+        .map_err(TransportError::Io)?;
+        return Ok(None);
+    }
+    let Some(len) = head.content_length.filter(|_| !head.chunked) else {
+        respond(
+            &mut tcp,
+            "411 Length Required",
+            "",
+            b"send a Content-Length\n",
+        )
+        .await
+        .map_err(TransportError::Io)?;
+        return Ok(None);
+    };
+    if len > config.max_frame_bytes {
+        respond(
+            &mut tcp,
+            "413 Content Too Large",
+            "",
+            b"request body over the frame limit\n",
+        )
+        .await
+        .map_err(TransportError::Io)?;
+        return Ok(None);
+    }
+    let body_start = find(&read, b"\r\n\r\n").map_or(read.len(), |i| i + 4);
+    let mut body = BytesMut::from(&read[body_start..]);
+    while body.len() < len {
+        let n = tcp.read_buf(&mut body).await.map_err(TransportError::Io)?;
+        if n == 0 {
+            return Err(TransportError::Unsupported(
+                "connection closed inside an HTTP body".into(),
+            ));
+        }
+    }
+    body.truncate(len);
+    let lines: Vec<Bytes> = body
+        .freeze()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(Bytes::copy_from_slice)
+        .collect();
+    if lines.is_empty() {
+        respond(&mut tcp, "200 OK", "", b"")
+            .await
+            .map_err(TransportError::Io)?;
+        return Ok(None);
+    }
+    // The session reads the request's messages, then its input ends.
+    let (in_tx, in_rx) = mpsc::channel(lines.len());
+    for line in lines {
+        let _ = in_tx.try_send(Outgoing::Frame(line));
+    }
+    drop(in_tx);
+    // What it sends is the response, written when it closes the transport.
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(config.queue_frames.max(1));
+    tokio::spawn(async move {
+        let mut body = Vec::new();
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                Outgoing::Frame(frame) => {
+                    if !body.is_empty() {
+                        body.push(b'\n');
+                    }
+                    body.extend_from_slice(&frame);
+                }
+                Outgoing::Close(_) => break,
+            }
+        }
+        if let Err(e) = respond(&mut tcp, "200 OK", "", &body).await {
+            tracing::debug!(error = %e, "HTTP batch response not written");
+        }
+    });
+    let sender = FrameSender::new(out_tx, config.max_frame_bytes);
+    let mut attestation = attestation;
+    attestation.transport = TransportKind::HttpBatch;
+    attestation.path = Some(head.path);
+    attestation.origin = head.origin;
+    Ok(Some(Transport {
+        receiver: FrameReceiver::new(ReceiverInner::Mem(in_rx), sender.clone()),
+        sender,
+        attestation,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_parsed() {
+        let h = parse(b"POST /rpc HTTP/1.1\r\nHost: x\r\ncontent-length: 12\r\nOrigin: http://a")
+            .unwrap();
+        assert_eq!(
+            (
+                h.method.as_str(),
+                h.path.as_str(),
+                h.content_length,
+                h.upgrade
+            ),
+            ("POST", "/rpc", Some(12), false)
+        );
+        assert_eq!(h.origin.as_deref(), Some("http://a"));
+        let h = parse(b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade").unwrap();
+        assert!(h.upgrade);
+        let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked").unwrap();
+        assert!(h.chunked);
+    }
+}
