@@ -49,6 +49,21 @@ try {
   check("echo(nested)", await api.echo(value), value);
   check("echo(2^60) is the same bigint", (await api.echo(2n ** 60n)) === 2n ** 60n, true);
 
+  // map(): over an array, to objects, with pipelining inside, nested, over null.
+  check("listIds().map(getName)", await api.listIds().map((id) => api.getName(id)), ["user1", "user2", "user3"]);
+  check(
+    "map to objects",
+    await api.listIds().map((id) => ({ id, name: api.getName(id) })),
+    [{ id: 1, name: "user1" }, { id: 2, name: "user2" }, { id: 3, name: "user3" }],
+  );
+  check("map with pipelining", await api.listIds().map((i) => api.makeCounter(i).increment(1)), [2, 3, 4]);
+  check(
+    "nested map",
+    await api.listIds().map((i) => api.listIds().map((j) => api.square(j))),
+    [[1, 4, 9], [1, 4, 9], [1, 4, 9]],
+  );
+  check("map over null", await api.echo(null).map((x) => api.getName(x)), null);
+
   // Errors: name, message and extra properties.
   try {
     await api.fail();

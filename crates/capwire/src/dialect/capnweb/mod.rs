@@ -11,6 +11,7 @@
 //! supported and how errors map.
 
 mod expr;
+mod remap;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -388,23 +389,25 @@ impl Inner {
     /// Evaluates an incoming expression into a capwire value.
     async fn eval_value(self: &Arc<Self>, expr: Json) -> Result<Value, Status> {
         let mut caps = Vec::new();
-        let tree = self.eval(expr, &mut caps).await?;
+        let tree = self.eval(expr, &mut caps, None).await?;
         Value::with_caps(&tree, caps)
     }
 
     /// Evaluates an expression into a value tree, collecting capabilities.
+    /// Inside a `.map()` mapper, `scope` holds its numbered slots.
     fn eval<'a>(
         self: &'a Arc<Self>,
         expr: Json,
         caps: &'a mut Vec<Capability>,
+        scope: Option<&'a remap::Scope>,
     ) -> BoxFuture<'a, Result<Json, Status>> {
         async move {
             match expr {
-                Json::Array(items) => self.eval_array(items, caps).await,
+                Json::Array(items) => self.eval_array(items, caps, scope).await,
                 Json::Object(map) => {
                     let mut out = Map::new();
                     for (k, v) in map {
-                        let v = self.eval(v, caps).await?;
+                        let v = self.eval(v, caps, scope).await?;
                         if !expr::is_hidden_key(&k) {
                             out.insert(k, v);
                         }
@@ -421,6 +424,7 @@ impl Inner {
         self: &Arc<Self>,
         mut items: Vec<Json>,
         caps: &mut Vec<Capability>,
+        scope: Option<&remap::Scope>,
     ) -> Result<Json, Status> {
         if items.len() == 1 && items[0].is_array() {
             let Some(Json::Array(inner)) = items.pop() else {
@@ -428,7 +432,7 @@ impl Inner {
             };
             let mut out = Vec::with_capacity(inner.len());
             for item in inner {
-                out.push(self.eval(item, caps).await?);
+                out.push(self.eval(item, caps, scope).await?);
             }
             return Ok(Json::Array(out));
         }
@@ -447,6 +451,10 @@ impl Inner {
         };
         match (tag.as_str(), id) {
             ("export", Some(id)) => Ok(cap_ref(self.stub(id), caps)),
+            ("import", Some(id)) if scope.is_some() => {
+                let slot = scope.map(|s| s.slot(id)).transpose()?;
+                self.graft(slot.ok_or_else(|| violation("no mapper scope")), caps)
+            }
             ("import", Some(id)) => {
                 let found = match self.lock().exports.get(&id) {
                     Some(Export::Cap { cap, .. }) => Some(Ok(cap.clone())),
@@ -471,20 +479,22 @@ impl Inner {
                     .map_err(|_| Status::unavailable("the capnweb session closed"))?;
                 self.send_now(json!(["release", id, 1]));
                 match settled {
-                    Ok(expr) => self.eval(expr, caps).await,
+                    Ok(expr) => self.eval(expr, caps, None).await,
                     Err(err) => Err(expr::decode_error(&err)),
                 }
             }
             ("pipeline", Some(id)) => {
                 let path = items.get(2).cloned().unwrap_or(json!([]));
                 let args = items.get(3).cloned();
-                let value = self.pipeline(id, path, args).await?;
+                let base = self.base(id, scope).await?;
+                let value = self.pipeline(base, path, args, scope).await?;
                 self.graft(Ok(value), caps)
             }
-            ("remap", _) => Err(Status::new(
-                Code::Unimplemented,
-                "capnweb `.map()` (remap) is not supported by this peer yet",
-            )),
+            ("remap", Some(id)) => {
+                let base = self.base(id, scope).await?;
+                let value = self.remap(base, &items, scope).await?;
+                self.graft(Ok(value), caps)
+            }
             ("writable" | "readable", _) => Err(Status::new(
                 Code::Unimplemented,
                 "capnweb streams are not supported by this peer yet",
@@ -510,28 +520,41 @@ impl Inner {
         Ok(tree)
     }
 
-    /// `["pipeline", id, path, args]`: a property path of export `id`, and a
-    /// call when `args` is present.
-    async fn pipeline(
-        self: &Arc<Self>,
-        id: i64,
-        path: Json,
-        args: Option<Json>,
-    ) -> Result<Value, Status> {
-        let Json::Array(path) = path else {
-            return Err(violation("a pipeline path is a list"));
-        };
+    /// What a reference's id names: an export (a push result is awaited), or
+    /// inside a mapper one of its slots.
+    async fn base(&self, id: i64, scope: Option<&remap::Scope>) -> Result<Base, Status> {
+        if let Some(scope) = scope {
+            return scope.slot(id).map(Base::Value);
+        }
         let target = match self.lock().exports.get(&id) {
             Some(Export::Cap { cap, .. }) => Ok(cap.clone()),
             Some(Export::Promise { outcome, .. }) => Err(outcome.clone()),
             None => return Err(violation(format!("no such entry on exports table: {id}"))),
+        };
+        match target {
+            Ok(cap) => Ok(Base::Cap(cap)),
+            Err(outcome) => outcome.await.map(Base::Value),
+        }
+    }
+
+    /// `["pipeline", id, path, args]`: a property path of `base`, and a call
+    /// when `args` is present.
+    async fn pipeline(
+        self: &Arc<Self>,
+        base: Base,
+        path: Json,
+        args: Option<Json>,
+        scope: Option<&remap::Scope>,
+    ) -> Result<Value, Status> {
+        let Json::Array(path) = path else {
+            return Err(violation("a pipeline path is a list"));
         };
         let args = match args {
             Some(Json::Array(list)) => {
                 let mut caps = Vec::new();
                 let mut items = Vec::with_capacity(list.len());
                 for a in list {
-                    items.push(self.eval(a, &mut caps).await?);
+                    items.push(self.eval(a, &mut caps, scope).await?);
                 }
                 Some(Value::with_caps(&Json::Array(items), caps)?)
             }
@@ -539,21 +562,18 @@ impl Inner {
             None => None,
         };
         // Walk the path: through data until a capability, whose method is the rest.
-        let (cap, rest) = match target {
-            Ok(cap) => (cap, path.as_slice()),
-            Err(outcome) => {
-                let value = outcome.await?;
-                match locate(&value, &path)? {
-                    Located::Cap(cap, used) => (cap, &path[used..]),
-                    Located::Value(v) if args.is_none() => return Ok(v),
-                    Located::Value(_) => {
-                        return Err(Status::new(
-                            Code::InvalidArgument,
-                            format!("'{}' is not a function.", path_text(&path)),
-                        ))
-                    }
+        let (cap, rest) = match base {
+            Base::Cap(cap) => (cap, path.as_slice()),
+            Base::Value(value) => match locate(&value, &path)? {
+                Located::Cap(cap, used) => (cap, &path[used..]),
+                Located::Value(v) if args.is_none() => return Ok(v),
+                Located::Value(_) => {
+                    return Err(Status::new(
+                        Code::InvalidArgument,
+                        format!("'{}' is not a function.", path_text(&path)),
+                    ))
                 }
-            }
+            },
         };
         let Some(args) = args else {
             // A reference, not a call: the capability itself, when the path
@@ -578,6 +598,12 @@ impl Inner {
         };
         cap.call(&method, args).await
     }
+}
+
+/// What a reference starts from.
+enum Base {
+    Cap(Capability),
+    Value(Value),
 }
 
 fn path_text(path: &[Json]) -> String {
