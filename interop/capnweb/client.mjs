@@ -64,6 +64,12 @@ try {
   );
   check("map over null", await api.echo(null).map((x) => api.getName(x)), null);
 
+  // A WritableStream passed to the server, which writes into it.
+  const chunks = [];
+  const writable = new WritableStream({ write(chunk) { chunks.push(chunk); } });
+  check("writeTo(writable)", await api.writeTo(writable), "done");
+  check("what was written", chunks, ["a", "b", "c"]);
+
   // Errors: name, message and extra properties.
   try {
     await api.fail();

@@ -159,10 +159,14 @@ impl CapnwebSession {
     }
 }
 
-/// A capability the peer exported to us: calls become `push` + `pull`.
+/// A capability the peer exported to us: calls become `push` + `pull`. A
+/// `writable` one is the peer's WritableStream, seen here as a capwire sink:
+/// `write`, `end` and `abort` become `stream` messages (acknowledged by
+/// their `resolve`, with no pull or release).
 struct PeerStub {
     inner: Weak<Inner>,
     id: i64,
+    writable: bool,
 }
 
 impl Drop for PeerStub {
@@ -188,6 +192,54 @@ impl Drop for PeerStub {
     }
 }
 
+impl PeerStub {
+    /// A sink method on the peer's WritableStream.
+    async fn stream_call(&self, method: &str, args: Value) -> Result<Value, Status> {
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the capnweb session is closed"))?;
+        let (path, list) = match method {
+            "write" => ("write", json!([inner.encode_value(&args)?])),
+            "end" => ("close", json!([])),
+            "abort" => {
+                let status: Status = args
+                    .decode()
+                    .unwrap_or_else(|_| Status::new(Code::Aborted, "the writer aborted"));
+                ("abort", json!([expr::encode_error(&status)]))
+            }
+            other => {
+                return Err(Status::new(
+                    Code::Unimplemented,
+                    format!("a capnweb WritableStream has no method `{other}`"),
+                ))
+            }
+        };
+        // The stream message takes our next positive id, like a push.
+        let rx = {
+            let mut st = inner.lock();
+            if let Some(s) = &st.ended {
+                return Err(s.clone());
+            }
+            st.asked += 1;
+            let id = st.asked;
+            let (tx, rx) = oneshot::channel();
+            st.waiting.insert(id, tx);
+            rx
+        };
+        inner
+            .send(json!(["stream", ["pipeline", self.id, [path], list]]))
+            .await?;
+        match rx
+            .await
+            .map_err(|_| Status::unavailable("the capnweb session closed"))?
+        {
+            Ok(_) => Ok(Value::null()),
+            Err(err) => Err(expr::decode_error(&err)),
+        }
+    }
+}
+
 impl Object for PeerStub {
     fn call(
         self: Arc<Self>,
@@ -202,6 +254,10 @@ impl Object for PeerStub {
             json!([method])
         };
         let this = self.clone();
+        if self.writable {
+            let method = method.to_owned();
+            return async move { this.stream_call(&method, args).await }.boxed();
+        }
         async move {
             let inner = this
                 .inner
@@ -251,6 +307,10 @@ impl Inner {
     }
 
     fn stub(self: &Arc<Self>, id: i64) -> Capability {
+        self.stub_of(id, false)
+    }
+
+    fn stub_of(self: &Arc<Self>, id: i64, writable: bool) -> Capability {
         let mut st = self.lock();
         if let Some((weak, n)) = st.stubs.get_mut(&id) {
             if let Some(live) = weak.upgrade() {
@@ -261,6 +321,7 @@ impl Inner {
         let stub = Arc::new(PeerStub {
             inner: Arc::downgrade(self),
             id,
+            writable,
         });
         st.stubs.insert(id, (Arc::downgrade(&stub), 1));
         st.stub_ids.insert(Arc::as_ptr(&stub) as usize, id);
@@ -495,9 +556,10 @@ impl Inner {
                 let value = self.remap(base, &items, scope).await?;
                 self.graft(Ok(value), caps)
             }
-            ("writable" | "readable", _) => Err(Status::new(
+            ("writable", Some(id)) => Ok(cap_ref(self.stub_of(id, true), caps)),
+            ("readable", _) => Err(Status::new(
                 Code::Unimplemented,
-                "capnweb streams are not supported by this peer yet",
+                "capnweb ReadableStreams sent to capwire are not supported yet",
             )),
             _ => Err(violation(format!(
                 "unknown special value: {}",
