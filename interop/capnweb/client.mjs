@@ -64,6 +64,12 @@ try {
   );
   check("map over null", await api.echo(null).map((x) => api.getName(x)), null);
 
+  // A ReadableStream returned by the server (a capwire stream method).
+  const readable = await api.makeStream(5);
+  const items = [];
+  for await (const item of readable) items.push(item);
+  check("makeStream(5)", items, [0, 1, 2, 3, 4]);
+
   // A WritableStream passed to the server, which writes into it.
   const chunks = [];
   const writable = new WritableStream({ write(chunk) { chunks.push(chunk); } });

@@ -445,6 +445,16 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
     let server_doc = format!(
         "Serves any implementation of [`{interface_str}`]: `registry.serve_interface({server}::new(imp))`."
     );
+    let streams: Vec<&String> = methods
+        .iter()
+        .filter(|m| m.stream)
+        .map(|m| &m.wire)
+        .collect();
+    let stream_check = if streams.is_empty() {
+        quote!(false)
+    } else {
+        quote!(::core::matches!(method, #(#streams)|*))
+    };
     let idem_arms = if idempotent.is_empty() {
         quote!(false)
     } else {
@@ -580,6 +590,10 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
 
             fn is_idempotent(&self, method: &str) -> bool {
                 #idem_arms
+            }
+
+            fn is_stream(&self, method: &str) -> bool {
+                #stream_check
             }
 
             fn type_name(&self) -> &str {

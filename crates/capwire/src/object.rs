@@ -49,6 +49,13 @@ pub trait Object: Send + Sync + 'static {
         async move { Err(status) }.boxed()
     }
 
+    /// True when `method` is a stream method (for dialects that call
+    /// methods without saying whether they stream, like capnweb).
+    fn is_stream(&self, method: &str) -> bool {
+        let _ = method;
+        false
+    }
+
     /// True when `method` may finish after its deadline (the callee then does
     /// not abort it; the caller still stops waiting).
     fn is_idempotent(&self, method: &str) -> bool {
@@ -277,6 +284,10 @@ impl Object for Methods {
                 async move { Err(status) }.boxed()
             }
         }
+    }
+
+    fn is_stream(&self, method: &str) -> bool {
+        self.streams.contains_key(method)
     }
 
     fn is_idempotent(&self, method: &str) -> bool {

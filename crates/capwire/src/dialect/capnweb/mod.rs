@@ -60,6 +60,9 @@ struct State {
     stubs: HashMap<i64, (Weak<PeerStub>, u64)>,
     /// The same handles by address, to send them back as `["import", id]`.
     stub_ids: HashMap<usize, i64>,
+    /// Streams we are pumping into pipes, by the address of the marker
+    /// capability that stands for them in a value: sent as `["readable", id]`.
+    pipes: HashMap<usize, i64>,
     ended: Option<Status>,
 }
 
@@ -115,6 +118,7 @@ impl CapnwebSession {
                 waiting: HashMap::new(),
                 stubs: HashMap::new(),
                 stub_ids: HashMap::new(),
+                pipes: HashMap::new(),
                 ended: None,
             }),
             sender,
@@ -421,6 +425,9 @@ impl Inner {
                 if let Some(id) = st.stub_ids.get(&addr) {
                     return Ok(json!(["import", id]));
                 }
+                if let Some(id) = st.pipes.get(&addr) {
+                    return Ok(json!(["readable", id]));
+                }
             }
             st.minted -= 1;
             let id = st.minted;
@@ -658,7 +665,100 @@ impl Inner {
                 ))
             }
         };
+        let streams = match &cap.kind {
+            CapKind::Local(o) | CapKind::Served { object: o, .. } => o.is_stream(&method),
+            _ => false,
+        };
+        if streams {
+            return self.readable(cap.call_stream(&method, args)).await;
+        }
         cap.call(&method, args).await
+    }
+
+    /// A capwire stream as a capnweb ReadableStream: `["pipe"]` now, a value
+    /// holding `["readable", p]`, and the items pumped into the pipe as
+    /// `stream` writes, one acknowledged before the next, then `close` (or
+    /// `abort` with the stream's error) and `release`.
+    async fn readable(self: &Arc<Self>, mut items: crate::ItemStream) -> Result<Value, Status> {
+        use futures_util::StreamExt;
+        let marker: Arc<dyn Object> = Arc::new(PipeMarker);
+        let addr = Arc::as_ptr(&marker) as *const () as usize;
+        let pipe = {
+            let mut st = self.lock();
+            st.asked += 1;
+            let id = st.asked;
+            st.pipes.insert(addr, id);
+            id
+        };
+        self.send(json!(["pipe"])).await?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let write = |path: &str, list: Json| {
+                let me = me.clone();
+                let path = path.to_owned();
+                async move {
+                    let rx = {
+                        let mut st = me.lock();
+                        st.asked += 1;
+                        let id = st.asked;
+                        let (tx, rx) = oneshot::channel();
+                        st.waiting.insert(id, tx);
+                        rx
+                    };
+                    me.send(json!(["stream", ["pipeline", pipe, [path], list]]))
+                        .await?;
+                    match rx.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(expr::decode_error(&e)),
+                        Err(_) => Err(Status::unavailable("the capnweb session closed")),
+                    }
+                }
+            };
+            let mut ended = false;
+            while let Some(item) = items.next().await {
+                let r = match item.and_then(|v| me.encode_value(&v)) {
+                    Ok(chunk) => write("write", json!([chunk])).await,
+                    Err(status) => {
+                        ended = true;
+                        write("abort", json!([expr::encode_error(&status)])).await
+                    }
+                };
+                if r.is_err() || ended {
+                    ended = true;
+                    break;
+                }
+            }
+            if !ended {
+                let _ = write("close", json!([])).await;
+            }
+            let _ = me.send(json!(["release", pipe, 1])).await;
+            me.lock().pipes.remove(&addr);
+        });
+        Ok(Value::capability(Capability::from_arc(marker)))
+    }
+}
+
+/// Stands for a pipe inside a value, until the value is sent.
+struct PipeMarker;
+
+impl Object for PipeMarker {
+    fn call(
+        self: Arc<Self>,
+        _method: &str,
+        _args: Value,
+        _ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Value, Status>> {
+        async {
+            Err(Status::new(
+                Code::Unimplemented,
+                "a capnweb ReadableStream has no methods",
+            ))
+        }
+        .boxed()
+    }
+
+    fn type_name(&self) -> &str {
+        "capnweb readable"
     }
 }
 
