@@ -38,12 +38,14 @@ impl Credit {
             return;
         }
         let n = u64::from(n);
+        // Counted as granted before it can be taken: `sent` never sees an
+        // item sent on credit that `granted` does not include yet.
+        self.granted.fetch_add(n, Ordering::AcqRel);
         let _ = self
             .available
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
                 Some(a.saturating_add(n).min(MAX_CREDIT))
             });
-        self.granted.fetch_add(n, Ordering::AcqRel);
         self.notify.notify_one();
     }
 
