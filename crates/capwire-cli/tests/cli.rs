@@ -375,24 +375,32 @@ fn interop() -> Option<std::path::PathBuf> {
     panic!("the interop packages are not installed: run `npm ci --prefix interop`");
 }
 
+/// Runs an interop script with one argument; it must exit 0 with no failed
+/// check. Returns what it printed.
+fn run_script(dir: &std::path::Path, script: &str, arg: &str) -> String {
+    let out = Command::new("node")
+        .arg(dir.join(script))
+        .arg(arg)
+        .current_dir(dir)
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{text}\n{}",
+        stderr(&out)
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+    text
+}
+
 /// The official capnweb client drives the demo over WebSocket: calls,
 /// pipelining, promises as arguments, callbacks, data, errors, disposal.
 #[test]
 fn capnweb_client_against_the_demo() {
     let Some(dir) = interop() else { return };
     let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
-    let out = Command::new("node")
-        .arg(dir.join("capnweb/client.mjs"))
-        .arg(&addr)
-        .current_dir(&dir)
-        .output()
-        .expect("run node");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the capnweb client failed:\n{text}\n{}",
-        stderr(&out)
-    );
+    let text = run_script(&dir, "capnweb/client.mjs", &addr);
     assert!(!text.contains("FAIL"), "{text}");
     assert!(text.contains("ok   callMeBack(fn)"), "{text}");
 }
@@ -542,18 +550,7 @@ fn capnweb_http_batch_against_the_demo() {
     let Some(dir) = interop() else { return };
     let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
     let http = addr.replacen("ws://", "http://", 1);
-    let out = Command::new("node")
-        .arg(dir.join("capnweb/batch.mjs"))
-        .arg(&http)
-        .current_dir(&dir)
-        .output()
-        .expect("run node");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the batch client failed:\n{text}\n{}",
-        stderr(&out)
-    );
+    let text = run_script(&dir, "capnweb/batch.mjs", &http);
     assert!(
         text.contains("ok   one batch: [36,5,9,\"user9\"]"),
         "{text}"

@@ -220,17 +220,7 @@ impl PeerStub {
             }
         };
         // The stream message takes our next positive id, like a push.
-        let rx = {
-            let mut st = inner.lock();
-            if let Some(s) = &st.ended {
-                return Err(s.clone());
-            }
-            st.asked += 1;
-            let id = st.asked;
-            let (tx, rx) = oneshot::channel();
-            st.waiting.insert(id, tx);
-            rx
-        };
+        let (_, rx) = inner.ask()?;
         inner
             .send(json!(["stream", ["pipeline", self.id, [path], list]]))
             .await?;
@@ -268,17 +258,7 @@ impl Object for PeerStub {
                 .upgrade()
                 .ok_or_else(|| Status::unavailable("the capnweb session is closed"))?;
             let args = inner.encode_args(&args)?;
-            let (id, rx) = {
-                let mut st = inner.lock();
-                if let Some(s) = &st.ended {
-                    return Err(s.clone());
-                }
-                st.asked += 1;
-                let id = st.asked;
-                let (tx, rx) = oneshot::channel();
-                st.waiting.insert(id, tx);
-                (id, rx)
-            };
+            let (id, rx) = inner.ask()?;
             inner
                 .send(json!(["push", ["pipeline", this.id, path, args]]))
                 .await?;
@@ -308,6 +288,21 @@ fn violation(message: impl Into<String>) -> Status {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes our next positive id for a `push`, `stream` or `pipe` we send,
+    /// with the channel its `resolve`/`reject` will arrive on.
+    #[allow(clippy::type_complexity)]
+    fn ask(&self) -> Result<(i64, oneshot::Receiver<Result<Json, Json>>), Status> {
+        let mut st = self.lock();
+        if let Some(s) = &st.ended {
+            return Err(s.clone());
+        }
+        st.asked += 1;
+        let id = st.asked;
+        let (tx, rx) = oneshot::channel();
+        st.waiting.insert(id, tx);
+        Ok((id, rx))
     }
 
     fn stub(self: &Arc<Self>, id: i64) -> Capability {
@@ -697,14 +692,7 @@ impl Inner {
                 let me = me.clone();
                 let path = path.to_owned();
                 async move {
-                    let rx = {
-                        let mut st = me.lock();
-                        st.asked += 1;
-                        let id = st.asked;
-                        let (tx, rx) = oneshot::channel();
-                        st.waiting.insert(id, tx);
-                        rx
-                    };
+                    let (_, rx) = me.ask()?;
                     me.send(json!(["stream", ["pipeline", pipe, [path], list]]))
                         .await?;
                     match rx.await {
