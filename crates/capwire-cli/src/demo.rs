@@ -149,19 +149,10 @@ impl Drop for StopReport {
 
 /// Accepts connections on `listener` forever, each served in the dialect its
 /// peer speaks (capwire/1, or capnweb with the demo as its main object).
-pub(crate) async fn serve(mut listener: Listener, registry: Registry) -> anyhow::Result<()> {
+pub(crate) async fn serve(listener: Listener, registry: Registry) -> anyhow::Result<()> {
     let mut config = ServeConfig::default();
     config.capnweb_main = Some(NAME.to_owned());
-    loop {
-        let t = listener.accept().await?;
-        tracing::info!(peer = ?t.attestation.peer_addr, "connection");
-        let (registry, config) = (registry.clone(), config.clone());
-        tokio::spawn(async move {
-            if let Err(status) = dialect::serve(t, registry, config).await {
-                tracing::info!(%status, "connection not served");
-            }
-        });
-    }
+    Ok(dialect::serve_forever(listener, registry, config).await?)
 }
 
 /// `capwire demo serve`: serves the demo until interrupted. `stdio:` serves

@@ -44,14 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Server: serve the implementation, accept connections.
     let registry = Registry::new();
     let _served = registry.serve_interface(CalculatorServer::new(Calc))?;
-    let mut listener =
+    let listener =
         Listener::bind(&"tcp://127.0.0.1:0".parse()?, TransportConfig::default()).await?;
     let addr = listener.local_addr().clone();
-    tokio::spawn(async move {
-        while let Ok(t) = listener.accept().await {
-            Session::new(t, registry.clone(), SessionConfig::default());
-        }
-    });
+    // Every connection gets a session (in whichever dialect its peer speaks).
+    tokio::spawn(capwire::dialect::serve_forever(
+        listener,
+        registry,
+        Default::default(),
+    ));
 
     // Client: connect, bootstrap the typed interface, call.
     let session = Session::new(

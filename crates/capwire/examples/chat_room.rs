@@ -116,17 +116,18 @@ async fn connect(addr: &Address) -> Result<Session, Box<dyn std::error::Error>> 
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let registry = Registry::new();
     let _served = registry.serve_interface(RoomServer::new(RoomImpl::default()))?;
-    let mut socket = SocketListener::bind(
+    let socket = SocketListener::bind(
         &"ws://127.0.0.1:0/chat".parse()?,
         TransportConfig::default(),
     )
     .await?;
     let addr = socket.local_addr().clone();
-    tokio::spawn(async move {
-        while let Ok(t) = socket.accept().await {
-            Session::new(t, registry.clone(), SessionConfig::default());
-        }
-    });
+    // Every connection gets a session (in whichever dialect its peer speaks).
+    tokio::spawn(capwire::dialect::serve_forever(
+        socket,
+        registry,
+        Default::default(),
+    ));
 
     // Two clients, each over its own WebSocket, each with its own listener.
     let (heard_tx, mut heard) = mpsc::unbounded_channel();

@@ -54,12 +54,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("unix://{}/factory.sock", dir.display()).parse()?;
     let registry = Registry::new();
     let _served = registry.serve_interface(FactoryServer::new(Shop))?;
-    let mut listener = Listener::bind(&addr, TransportConfig::default()).await?;
-    tokio::spawn(async move {
-        while let Ok(t) = listener.accept().await {
-            Session::new(t, registry.clone(), SessionConfig::default());
-        }
-    });
+    let listener = Listener::bind(&addr, TransportConfig::default()).await?;
+    // Every connection gets a session (in whichever dialect its peer speaks).
+    tokio::spawn(capwire::dialect::serve_forever(
+        listener,
+        registry,
+        Default::default(),
+    ));
 
     let session = Session::new(
         transport::connect(&addr, &TransportConfig::default()).await?,

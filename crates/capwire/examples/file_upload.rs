@@ -82,14 +82,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let registry = Registry::new();
     let _served = registry.serve_interface(StorageServer::new(disk))?;
-    let mut listener =
+    let listener =
         Listener::bind(&"tcp://127.0.0.1:0".parse()?, TransportConfig::default()).await?;
     let addr = listener.local_addr().clone();
-    tokio::spawn(async move {
-        while let Ok(t) = listener.accept().await {
-            Session::new(t, registry.clone(), SessionConfig::default());
-        }
-    });
+    // Every connection gets a session (in whichever dialect its peer speaks).
+    tokio::spawn(capwire::dialect::serve_forever(
+        listener,
+        registry,
+        Default::default(),
+    ));
 
     let session = Session::new(
         transport::connect(&addr, &TransportConfig::default()).await?,

@@ -12,7 +12,7 @@ use capwire_proto::{Code, Status};
 
 use crate::registry::Registry;
 use crate::session::{Session, SessionConfig};
-use crate::transport::Transport;
+use crate::transport::{Listener, Transport, TransportError};
 use crate::Capability;
 
 /// How [`serve`] runs a connection.
@@ -52,6 +52,25 @@ pub fn detect(first: &[u8]) -> Dialect {
     {
         Some(b'[') => Dialect::Capnweb,
         _ => Dialect::Native,
+    }
+}
+
+/// Accepts connections on `listener` until it fails, serving each in the
+/// dialect its peer speaks (see [`serve`]); only returns with the accept error.
+pub async fn serve_forever(
+    mut listener: Listener,
+    registry: Registry,
+    config: ServeConfig,
+) -> Result<(), TransportError> {
+    loop {
+        let t = listener.accept().await?;
+        tracing::debug!(peer = ?t.attestation.peer_addr, "connection");
+        let (registry, config) = (registry.clone(), config.clone());
+        tokio::spawn(async move {
+            if let Err(status) = serve(t, registry, config).await {
+                tracing::debug!(%status, "connection not served");
+            }
+        });
     }
 }
 
