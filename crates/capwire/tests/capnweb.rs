@@ -337,3 +337,28 @@ async fn http_batch_on_the_same_port() {
     .await;
     assert!(chunked.starts_with("HTTP/1.1 411"), "{chunked}");
 }
+
+/// A peer that pushes without ever releasing hits the export table's bound:
+/// abort, close 3000, nothing kept.
+#[tokio::test]
+async fn the_export_table_is_bounded() {
+    use capwire::dialect::capnweb::MAX_EXPORTS;
+    let (addr, mut sessions, _h) = server().await;
+    let mut peer = Peer::connect(&addr).await;
+    for _ in 0..MAX_EXPORTS {
+        peer.send(json!(["push", ["pipeline", 0, ["square"], [2]]]))
+            .await;
+    }
+    let abort = peer.recv().await.unwrap();
+    assert_eq!(abort[0], "abort", "{abort}");
+    assert!(
+        abort[1][2]
+            .as_str()
+            .unwrap()
+            .contains("max_caps_per_connection"),
+        "{abort}"
+    );
+    assert_eq!(peer.recv().await, Err(Some(3000)));
+    let session = sessions.recv().await.unwrap();
+    eventually("the table is dropped", || session.stats().exports == 0).await;
+}

@@ -34,6 +34,12 @@ use crate::value::Value;
 /// The WebSocket close code capnweb uses after `abort`.
 pub const ABORT_CLOSE_CODE: u16 = 3000;
 
+/// Entries the export table may hold (push results not yet released, and
+/// capabilities we introduced): a peer that never releases cannot make it
+/// grow without bound. Past it, a push aborts the session and a result that
+/// would export one more capability is rejected.
+pub const MAX_EXPORTS: usize = 4096;
+
 /// How long one HTTP batch may take to answer its pulls.
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -423,6 +429,12 @@ impl Inner {
                 if let Some(id) = st.pipes.get(&addr) {
                     return Ok(json!(["readable", id]));
                 }
+            }
+            if st.exports.len() >= MAX_EXPORTS {
+                return Err(Status::limit(
+                    capwire_proto::Reason::MAX_CAPS_PER_CONNECTION,
+                    MAX_EXPORTS as u64,
+                ));
             }
             st.minted -= 1;
             let id = st.minted;
@@ -901,6 +913,12 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
             let outcome: Outcome = async move { me.eval_value(expr).await }.boxed().shared();
             {
                 let mut st = inner.lock();
+                if st.exports.len() >= MAX_EXPORTS {
+                    return Err(Status::limit(
+                        capwire_proto::Reason::MAX_CAPS_PER_CONNECTION,
+                        MAX_EXPORTS as u64,
+                    ));
+                }
                 st.pushed += 1;
                 let id = st.pushed;
                 st.exports.insert(
