@@ -33,7 +33,7 @@ pub enum Event {
     Call {
         /// Incoming or outgoing.
         direction: Direction,
-        /// The target capability id.
+        /// The target capability id (`u64::MAX` for a call on a promised answer).
         cap: u64,
         /// The method.
         method: String,

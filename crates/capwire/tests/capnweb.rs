@@ -362,3 +362,16 @@ async fn the_export_table_is_bounded() {
     let session = sessions.recv().await.unwrap();
     eventually("the table is dropped", || session.stats().exports == 0).await;
 }
+
+/// A resolve for an id nobody waits on is not evaluated (it could wait
+/// forever on a promise); what it introduces is released at once.
+#[tokio::test]
+async fn an_unwanted_resolve_releases_what_it_introduced() {
+    let (addr, _sessions, _h) = server().await;
+    let mut peer = Peer::connect(&addr).await;
+    peer.send(json!(["resolve", 77, {"f": ["export", -3], "p": ["promise", -4]}]))
+        .await;
+    let mut got = vec![peer.recv().await.unwrap(), peer.recv().await.unwrap()];
+    got.sort_by_key(|m| m[1].as_i64());
+    assert_eq!(got, [json!(["release", -4, 1]), json!(["release", -3, 1])]);
+}

@@ -83,6 +83,24 @@ pub(crate) fn user_map(map: Map<String, Json>) -> Json {
     }
 }
 
+/// Counts the capabilities an expression introduces (`["export", id]`,
+/// `["promise", id]`), for handing them back when nobody wants the value.
+pub(crate) fn introductions(expr: &Json, out: &mut std::collections::HashMap<i64, u64>) {
+    match expr {
+        Json::Array(items) => match (
+            items.first().and_then(Json::as_str),
+            items.get(1).and_then(Json::as_i64),
+        ) {
+            (Some("export" | "promise"), Some(id)) if items.len() == 2 => {
+                *out.entry(id).or_default() += 1;
+            }
+            _ => items.iter().for_each(|i| introductions(i, out)),
+        },
+        Json::Object(map) => map.values().for_each(|v| introductions(v, out)),
+        _ => {}
+    }
+}
+
 /// Keys a JS receiver never sees (`Object.prototype` members, `toJSON`).
 pub(crate) fn is_hidden_key(key: &str) -> bool {
     matches!(
@@ -247,6 +265,17 @@ mod tests {
         assert_eq!(special("date", &[json!(1.5)]).unwrap().unwrap(), json!(1.5));
         assert!(special("bigint", &[json!(1)]).unwrap().is_err());
         assert!(special("map", &[]).is_none());
+    }
+
+    #[test]
+    fn introductions_are_counted_without_evaluating() {
+        let mut out = std::collections::HashMap::new();
+        introductions(
+            &json!({"a": ["export", -1], "b": [[["export", -1], ["promise", -2], ["import", 3]]]}),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[&-1], out[&-2]), (2, 1));
     }
 
     #[test]

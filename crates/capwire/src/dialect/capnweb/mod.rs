@@ -972,14 +972,15 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
                         Err(expr)
                     });
                 }
-                // Released, or never asked: still release what it introduced.
-                None if kind == "resolve" => {
-                    let me = inner.clone();
-                    tokio::spawn(async move {
-                        let _ = me.eval_value(expr).await;
-                    });
+                // Released, or never asked: hand back what it introduced,
+                // without evaluating it (nothing waits on it here).
+                None => {
+                    let mut introduced = HashMap::new();
+                    expr::introductions(&expr, &mut introduced);
+                    for (id, n) in introduced {
+                        inner.send_now(json!(["release", id, n]));
+                    }
                 }
-                None => {}
             }
             Ok(())
         }
