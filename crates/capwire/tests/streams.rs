@@ -523,3 +523,76 @@ async fn items_beyond_the_credit_are_a_protocol_violation() {
         Code::Unavailable
     );
 }
+
+/// A writer that aborts a sink: its receiver ends with that error, over a
+/// connection.
+#[tokio::test]
+async fn an_aborted_sink_ends_with_the_writers_error() {
+    let (cap, mut items) = sink(4);
+    let registry = Registry::new();
+    let _h = registry
+        .serve(
+            "s",
+            "1",
+            Methods::new("S").method("sink", move |_args, _ctx| {
+                let cap = cap.clone();
+                async move { Ok(Value::capability(cap)) }
+            }),
+        )
+        .unwrap();
+    let p = pair(Kind::Tcp, registry).await;
+    let s = p.client.bootstrap("s", None).await.unwrap();
+    let remote = s.call("sink", Value::null()).await.unwrap().cap(0).unwrap();
+    let mut w = SinkWriter::new(remote);
+    w.send(Value::new(&1).unwrap()).await.unwrap();
+    w.abort(Status::new(Code::Aborted, "disk full"))
+        .await
+        .unwrap();
+    assert_eq!(
+        items
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .decode::<i64>()
+            .unwrap(),
+        1
+    );
+    let err = items.next().await.unwrap().unwrap_err();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (Code::Aborted, "disk full")
+    );
+    assert!(items.next().await.is_none());
+}
+
+/// A `result` for a question that is a stream is a protocol violation.
+#[tokio::test]
+async fn a_result_for_a_stream_question_is_a_violation() {
+    let (session, mut raw) = Raw::connect(
+        Registry::new(),
+        SessionConfig::default(),
+        &Default::default(),
+    )
+    .await;
+    let x = raw.serve_bootstrap(&session, 5).await;
+    let mut items = x.call_stream("s", Value::null());
+    let reader = tokio::spawn(async move { items.next().await });
+    let Some(Frame::Call(call)) = raw.recv().await else {
+        panic!("stream call")
+    };
+    raw.send(Frame::Result(capwire::proto::CallResult {
+        id: call.id,
+        outcome: capwire::proto::Outcome::Ok {
+            value: Payload::encode(Codec::Json, &1).unwrap(),
+            caps: vec![],
+        },
+    }))
+    .await;
+    raw.expect_goaway_and_close(Code::Aborted, Some(Reason::PROTOCOL_VIOLATION))
+        .await;
+    let first = within(Duration::from_secs(5), "the reader", reader)
+        .await
+        .unwrap();
+    assert_eq!(first.unwrap().unwrap_err().code, Code::Unavailable);
+}

@@ -1159,6 +1159,13 @@ impl Shared {
     fn handle_result(self: &Arc<Self>, result: CallResult) -> Result<(), Status> {
         let max_depth = self.config.limits.max_depth;
         let mut st = self.lock();
+        if st.questions.is_stream(result.id) == Some(true) {
+            // Left in the table: the session's end fails it with the reason.
+            return Err(Status::protocol_violation(format!(
+                "`result` for question {}, which is a stream",
+                result.id
+            )));
+        }
         let Some(question) = st.questions.remove(result.id) else {
             // A result for a question we stopped waiting on (cancelled, timed
             // out, finished) is dropped ([S19]); what it introduced goes back.
@@ -1168,12 +1175,6 @@ impl Shared {
             }
             return Ok(());
         };
-        if matches!(question.reply, Reply::Stream { .. }) {
-            return Err(Status::protocol_violation(format!(
-                "`result` for question {}, which is a stream",
-                result.id
-            )));
-        }
         let outcome = match result.outcome {
             // The caps are imported even when the value is refused: dropping
             // them then releases the introductions the peer counted.
