@@ -202,20 +202,8 @@ pub(crate) struct Shared {
     releases: mpsc::UnboundedSender<Dropped>,
     /// Largest frame the peer announced it accepts; unlimited until its hello.
     peer_max_frame: AtomicUsize,
-    /// Frames waiting for room in the transport queue (see `send_nowait`).
-    overflow: Arc<Overflow>,
     /// Notified whenever a question or an answer leaves its table.
     settled: Notify,
-}
-
-/// Frames sent from code that cannot wait, which found the transport queue
-/// full: each waits in a task of its own. The reader stops reading while more
-/// than [`MAX_OVERFLOW`] wait, so a peer that keeps sending without reading
-/// what it is sent slows down instead of making this side buffer without bound.
-#[derive(Default)]
-struct Overflow {
-    waiting: AtomicUsize,
-    drained: Notify,
 }
 
 /// A handle dropped where the session lock may be held: the release task
@@ -227,8 +215,9 @@ pub(crate) enum Dropped {
     Kept(u64),
 }
 
-/// Overflowing frames the reader tolerates before it stops reading.
-const MAX_OVERFLOW: usize = 64;
+/// Frames waiting for room in the transport queue that the reader tolerates
+/// before it stops reading.
+const MAX_BACKLOG: usize = 64;
 
 /// Longest `goaway` message sent: decoder errors may quote the peer's input.
 const MAX_GOAWAY_MESSAGE: usize = 256;
@@ -292,7 +281,6 @@ impl Session {
             sender,
             releases,
             peer_max_frame: AtomicUsize::new(usize::MAX),
-            overflow: Arc::default(),
             settled: Notify::new(),
         });
         let weak = Arc::downgrade(&shared);
@@ -541,10 +529,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Sends from code that cannot wait (drops, the reader). Frames sent this
-    /// way may overtake queued ones only when the queue is full; every such
-    /// frame (release, cancel, pong, revoked, an error answer) is
-    /// order-independent. A frame that cannot be sent at all is dropped.
+    /// Sends from code that cannot wait (drops, the reader): the frame goes
+    /// behind every frame sent before it, into the transport's backlog when
+    /// the queue is full (which the reader bounds, see `backpressure`). A
+    /// frame that cannot be sent at all is dropped.
     fn send_nowait(&self, frame: Frame) {
         let bytes = match self.encode(&frame) {
             Ok(bytes) => bytes,
@@ -554,45 +542,26 @@ impl Shared {
             }
         };
         let len = bytes.len();
-        match self.sender.try_send(bytes) {
-            Ok(None) => self.count_out(len),
-            Err(_) => {}
-            Ok(Some(bytes)) => {
-                // Revocations can come from a thread outside the runtime.
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    tracing::warn!(
-                        op = frame.op(),
-                        "queue full outside the runtime; frame dropped"
-                    );
-                    return;
-                };
-                self.count_out(len);
-                let sender = self.sender.clone();
-                let overflow = self.overflow.clone();
-                overflow.waiting.fetch_add(1, Ordering::AcqRel);
-                runtime.spawn(async move {
-                    let _ = sender.send(bytes).await;
-                    overflow.waiting.fetch_sub(1, Ordering::AcqRel);
-                    overflow.drained.notify_waiters();
-                });
+        match self.sender.send_now(bytes) {
+            Ok(()) => self.count_out(len),
+            Err(TransportError::Closed) => {}
+            Err(e) => {
+                tracing::warn!(op = frame.op(), error = %e, "dropping a frame that cannot be sent")
             }
         }
     }
 
-    /// Waits while too many frames overflowed the transport queue (see
-    /// [`Overflow`]); the reader calls it between frames.
+    /// Waits while more than [`MAX_BACKLOG`] frames wait for room in the
+    /// transport queue; the reader calls it between frames, so a peer that
+    /// keeps sending without reading what it is sent slows down instead of
+    /// making this side buffer without bound.
     async fn backpressure(&self) {
-        loop {
-            let drained = self.overflow.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.overflow.waiting.load(Ordering::Acquire) <= MAX_OVERFLOW {
-                return;
-            }
-            tokio::select! {
-                _ = drained => {}
-                _ = self.closed.cancelled() => return,
-            }
+        if self.sender.backlog() <= MAX_BACKLOG {
+            return;
+        }
+        tokio::select! {
+            _ = self.sender.backlog_at_most(MAX_BACKLOG) => {}
+            _ = self.closed.cancelled() => {}
         }
     }
 

@@ -10,13 +10,12 @@ mod address;
 mod http_batch;
 mod listener;
 mod mem;
+mod sender;
 mod stream;
 mod writer;
 mod ws;
 
 use std::io;
-
-use std::sync::Arc;
 
 use bytes::Bytes;
 use capwire_proto::{Framing, FramingError, DEFAULT_MAX_FRAME_BYTES};
@@ -25,6 +24,7 @@ use tokio::sync::mpsc;
 pub use address::Address;
 pub use listener::Listener;
 pub use mem::memory_pair;
+pub use sender::FrameSender;
 pub use stream::{spawn_child, stdio, stream_transport};
 pub use writer::spawn_stream_writer;
 
@@ -158,96 +158,6 @@ pub enum TransportError {
 pub(crate) enum Outgoing {
     Frame(Bytes),
     Close(CloseReason),
-}
-
-/// The sending half of a transport. Cheap to clone; all clones feed one writer.
-#[derive(Debug, Clone)]
-pub struct FrameSender {
-    tx: mpsc::Sender<Outgoing>,
-    max_frame_bytes: usize,
-    /// Senders take turns in the order they arrived (tokio's mutex is fair),
-    /// so a frame that waited for room in a full queue is never overtaken by
-    /// one sent after it: calls keep the order they were made in (E-order).
-    order: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl FrameSender {
-    pub(crate) fn new(tx: mpsc::Sender<Outgoing>, max_frame_bytes: usize) -> FrameSender {
-        FrameSender {
-            tx,
-            max_frame_bytes,
-            order: Arc::default(),
-        }
-    }
-
-    fn check(&self, frame: &Bytes) -> Result<(), TransportError> {
-        if frame.len() > self.max_frame_bytes {
-            return Err(FramingError::TooLarge {
-                len: frame.len(),
-                max: self.max_frame_bytes,
-            }
-            .into());
-        }
-        Ok(())
-    }
-
-    /// Queues one frame, waiting while the writer's queue is full.
-    ///
-    /// A frame over the size limit is refused here, and nothing is sent.
-    pub async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
-        self.check(&frame)?;
-        let _turn = self.order.lock().await;
-        self.tx
-            .send(Outgoing::Frame(frame))
-            .await
-            .map_err(|_| TransportError::Closed)
-    }
-
-    /// Queues one frame if there is room now.
-    ///
-    /// Returns the frame back when the queue is full, so the caller can wait.
-    pub fn try_send(&self, frame: Bytes) -> Result<Option<Bytes>, TransportError> {
-        self.check(&frame)?;
-        // Someone waiting for room goes first.
-        let Ok(_turn) = self.order.try_lock() else {
-            return Ok(Some(frame));
-        };
-        match self.tx.try_send(Outgoing::Frame(frame)) {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Outgoing::Frame(f))) => Ok(Some(f)),
-            Err(_) => Err(TransportError::Closed),
-        }
-    }
-
-    /// Flushes what is queued, then closes the connection with `reason`.
-    pub async fn close(&self, reason: CloseReason) -> Result<(), TransportError> {
-        let _turn = self.order.lock().await;
-        self.tx
-            .send(Outgoing::Close(reason))
-            .await
-            .map_err(|_| TransportError::Closed)
-    }
-
-    /// Asks for a close without waiting; used on paths that cannot await.
-    pub(crate) fn close_now(&self, reason: CloseReason) {
-        // If the queue is full or gone, the writer is stopping anyway.
-        let _ = self.tx.try_send(Outgoing::Close(reason));
-    }
-
-    /// True once the writer has stopped.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    /// Resolves when the writer has stopped.
-    pub async fn closed(&self) {
-        self.tx.closed().await;
-    }
-
-    /// The frame size limit.
-    pub fn max_frame_bytes(&self) -> usize {
-        self.max_frame_bytes
-    }
 }
 
 /// The receiving half of a transport.
