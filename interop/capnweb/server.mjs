@@ -28,12 +28,31 @@ class Api extends RpcTarget {
     throw e;
   }
   echo(v) { return v; }
+  makeStream(n) {
+    let i = 0;
+    return new ReadableStream({ pull(c) { if (i < n) c.enqueue(i++); else c.close(); } });
+  }
+  async writeTo(writable) {
+    const w = writable.getWriter();
+    for (const x of ["a", "b", "c"]) await w.write(x);
+    await w.close();
+    return "done";
+  }
+  async collect(readable) {
+    const out = [];
+    for await (const x of readable) out.push(x);
+    return out;
+  }
   stats() { return this.#session.getStats(); }
+  // The messages this connection received so far, as text.
+  frames() { return this.received; }
 }
 
 const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
 wss.on("connection", (ws) => {
   const api = new Api();
+  api.received = [];
+  ws.on("message", (data) => api.received.push(String(data)));
   const session = new RpcSession(new WebSocketTransport(ws), api);
   api.bind(session);
 });

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use capwire::dialect::{self, ServeConfig};
 use capwire::transport::{self, Address, Listener, TransportConfig};
-use capwire::typed::{sink, ItemsOf, Sink};
+use capwire::typed::{sink, ItemsOf, Sink, Source};
 use capwire::{path, CallOptions, Code, Registry, Session, SessionConfig, Status, Value};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -42,6 +42,11 @@ pub(crate) trait Demo {
     async fn write_to(&self, writable: Sink<String>) -> Result<String, Status>;
     /// Sleeps `ms` milliseconds (the tour cancels it, and times it out).
     async fn sleep(&self, ms: u64) -> Result<String, Status>;
+    /// Reads the caller's stream to its end and returns its items.
+    async fn collect(
+        &self,
+        stream: Source<serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, Status>;
 }
 
 /// A counter.
@@ -115,6 +120,12 @@ impl Demo for DemoImpl {
         }
         writer.end().await?;
         Ok("done".to_owned())
+    }
+    async fn collect(
+        &self,
+        stream: Source<serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, Status> {
+        stream.read().collect_all().await
     }
     async fn sleep(&self, ms: u64) -> Result<String, Status> {
         // A stopped handler is dropped where it waits; the guard reports it.

@@ -414,6 +414,7 @@ async fn rust_client_against_a_capnweb_server() {
     use capwire::dialect::capnweb::CapnwebSession;
     use capwire::transport::{self, TransportConfig};
     use capwire::{Capability, Code, Methods, Status, Value};
+    use futures_util::StreamExt;
     use std::io::BufRead;
 
     let Some(dir) = interop() else { return };
@@ -439,13 +440,24 @@ async fn rust_client_against_a_capnweb_server() {
     let session = CapnwebSession::new(t, no_main);
     let api = session.peer_main();
     let v = |j: serde_json::Value| Value::new(&j).unwrap();
+    // A result that decodes as `T`.
+    async fn got<T: serde::de::DeserializeOwned>(promise: capwire::Promise) -> T {
+        promise.await.unwrap().decode().unwrap()
+    }
+    // A call whose result decodes as `T`.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        api: &Capability,
+        method: &str,
+        args: serde_json::Value,
+    ) -> T {
+        let value = api.call(method, Value::new(&args).unwrap()).await;
+        value
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+            .decode()
+            .unwrap()
+    }
 
-    let n: i64 = api
-        .call("square", v(serde_json::json!([7])))
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
+    let n: i64 = ask(&api, "square", serde_json::json!([7])).await;
     assert_eq!(n, 49);
 
     let counter = api
@@ -464,12 +476,7 @@ async fn rust_client_against_a_capnweb_server() {
     // The JS server's own object, passed back to it.
     let args =
         Value::with_caps(&serde_json::json!([{"$cap": 0}, 10]), vec![counter.clone()]).unwrap();
-    let n: i64 = api
-        .call("incrementCounter", args)
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
+    let n: i64 = got(api.call("incrementCounter", args)).await;
     assert_eq!(n, 16);
 
     // A callback: our function, called by the JS server.
@@ -481,20 +488,10 @@ async fn rust_client_against_a_capnweb_server() {
         },
     ));
     let args = Value::with_caps(&serde_json::json!([{"$cap": 0}]), vec![f]).unwrap();
-    let r: String = api
-        .call("callMeBack", args)
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
+    let r: String = got(api.call("callMeBack", args)).await;
     assert_eq!(r, "callback returned 11");
 
-    let ids: Vec<i64> = api
-        .call("listIds", v(serde_json::json!([])))
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
+    let ids: Vec<i64> = ask(&api, "listIds", serde_json::json!([])).await;
     assert_eq!(ids, [1, 2, 3]);
     let nested = serde_json::json!([{"a": [1, [2]], "b": null, "c": {"$cap": "not one"}}]);
     let back: serde_json::Value = api
@@ -506,6 +503,82 @@ async fn rust_client_against_a_capnweb_server() {
     // A JS map that reads as a placeholder arrives escaped (protocol.md §4.3).
     let escaped = serde_json::json!({"a": [1, [2]], "b": null, "c": {"$esc": {"$cap": "not one"}}});
     assert_eq!(back, escaped);
+
+    // Pipelining: a call on a result before it arrives, and a promise as an
+    // argument; the JS server received them as pipeline references.
+    let made = api.call("makeCounter", v(serde_json::json!([100])));
+    let n: i64 = got(made.cap().call("increment", v(serde_json::json!([1])))).await;
+    assert_eq!(n, 101);
+    let args = Value::with_caps(&serde_json::json!([{"$cap": 0}, 10]), vec![made.cap()]).unwrap();
+    let n: i64 = got(api.call("incrementCounter", args)).await;
+    assert_eq!(n, 111);
+    let chain: i64 = got(api
+        .call("makeCounter", v(serde_json::json!([7])))
+        .cap()
+        .call("increment", v(serde_json::json!([3]))))
+    .await;
+    assert_eq!(chain, 10);
+    drop(made);
+    let frames: Vec<String> = ask(&api, "frames", serde_json::json!([])).await;
+    let pushes: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.starts_with("[\"push\""))
+        .collect();
+    let made_id = 1 + pushes
+        .iter()
+        .position(|f| f.contains("[\"makeCounter\"],[100]"))
+        .expect("the makeCounter push");
+    assert!(
+        frames.contains(&format!(
+            "[\"push\",[\"pipeline\",{made_id},[\"increment\"],[1]]]"
+        )),
+        "increment went on the promise: {pushes:?}"
+    );
+    assert!(
+        frames.contains(&format!(
+            "[\"push\",[\"pipeline\",0,[\"incrementCounter\"],[[\"pipeline\",{made_id},[]],10]]]"
+        )),
+        "the promise went as an argument: {pushes:?}"
+    );
+    assert!(
+        !frames.contains(&format!("[\"pull\",{made_id}]")),
+        "nobody awaited makeCounter itself: {frames:?}"
+    );
+
+    // Streams both ways: a ReadableStream from JS, one to JS, and a
+    // WritableStream JS writes into.
+    let readable = api
+        .call("makeStream", v(serde_json::json!([5])))
+        .await
+        .unwrap()
+        .cap(0)
+        .expect("a ReadableStream");
+    let items: Vec<i64> = readable
+        .call_stream("read", Value::null())
+        .map(|i| i.and_then(|v| v.decode::<i64>()))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(items, [0, 1, 2, 3, 4]);
+    let source = capwire::source(
+        futures_util::stream::iter((0..300).map(|i| Value::new(&serde_json::json!({ "i": i }))))
+            .boxed(),
+    );
+    let args = Value::with_caps(&serde_json::json!([{"$cap": 0}]), vec![source]).unwrap();
+    let collected: Vec<serde_json::Value> = got(api.call("collect", args)).await;
+    assert_eq!(collected.len(), 300);
+    assert_eq!(collected[299], serde_json::json!({"i": 299}));
+    let (sink, mut written) = capwire::sink(8);
+    let args = Value::with_caps(&serde_json::json!([{"$cap": 0}]), vec![sink]).unwrap();
+    let done: String = got(api.call("writeTo", args)).await;
+    assert_eq!(done, "done");
+    let mut chunks = Vec::new();
+    while let Some(item) = written.next().await {
+        chunks.push(item.unwrap().decode::<String>().unwrap());
+    }
+    assert_eq!(chunks, ["a", "b", "c"]);
 
     let err = api
         .call("fail", v(serde_json::json!([])))
@@ -520,15 +593,10 @@ async fn rust_client_against_a_capnweb_server() {
 
     // Nothing leaks: with the counter dropped, the JS session is back to its
     // main export and our main import (capnweb's own baseline, 1 and 1).
-    drop(counter);
+    drop((counter, readable));
     let mut stats = serde_json::Value::Null;
     for _ in 0..50 {
-        stats = api
-            .call("stats", v(serde_json::json!([])))
-            .await
-            .unwrap()
-            .decode()
-            .unwrap();
+        stats = ask(&api, "stats", serde_json::json!([])).await;
         if stats == serde_json::json!({"imports": 1, "exports": 1}) {
             break;
         }

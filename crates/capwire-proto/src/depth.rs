@@ -14,6 +14,13 @@ impl Payload {
     }
 }
 
+/// True when JSON text nests arrays and objects more than `limit` deep,
+/// found by scanning the bytes (no tree is built). Malformed text counts as
+/// not too deep: the parser reports it.
+pub fn json_exceeds_depth(text: &[u8], limit: usize) -> bool {
+    json_exceeds(text, limit)
+}
+
 pub(crate) fn json_exceeds(text: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;

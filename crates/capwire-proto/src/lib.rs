@@ -42,6 +42,7 @@ pub mod payload;
 pub mod status;
 
 pub use codec::{Codec, DecodeError, EncodeError, MAX_DECODE_DEPTH};
+pub use depth::json_exceeds_depth;
 pub use frame::{
     Call, CallResult, Cancel, CapDescriptor, Credit, Finish, Frame, Goaway, Hello, HelloLimits,
     Outcome, PathSeg, Ping, Pong, Release, Revoked, StreamEnd, StreamError, StreamItem, Target,

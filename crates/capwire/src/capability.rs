@@ -236,6 +236,7 @@ impl Capability {
                         let cap = resolve_local(f.clone().await, path)?;
                         cap.destination().await
                     }
+                    Sent::Proxied { at, .. } => at(path).destination().await,
                 },
                 CapKind::Answer(answer) => {
                     let cap = answer.resolved().await?;
@@ -260,7 +261,7 @@ fn call_deadline(timeout: Option<Duration>, scope: Option<&CallScope>) -> Option
 }
 
 /// The context of a call to an object in this process.
-fn local_context(
+pub(crate) fn local_context(
     method: &str,
     deadline: Option<Instant>,
     scope: Option<&CallScope>,

@@ -254,11 +254,11 @@ mod value;
 pub use capability::{CallOptions, Capability};
 pub use capwire_proto::{Code, Reason, Status};
 pub use events::{Event, Stats};
-pub use object::{CallContext, Items, Methods, Object};
+pub use object::{CallContext, Items, Methods, Object, PipelineAt, Pipelined};
 pub use promise::Promise;
 pub use registry::{IfExists, Registry, ServeHandle};
 pub use session::{Limits, Session, SessionConfig};
-pub use stream::{sink, ItemStream, SinkReceiver, SinkWriter, StreamOptions};
+pub use stream::{sink, source, ItemStream, SinkReceiver, SinkWriter, StreamOptions};
 pub use value::Value;
 
 pub use capwire_macros::interface;

@@ -68,11 +68,54 @@ pub trait Object: Send + Sync + 'static {
         "object"
     }
 
+    /// True when [`Object::call_pipelined`] can send a call so that calls
+    /// are pipelined on its result before it settles: objects that stand
+    /// for another protocol's capabilities (the capnweb dialect's stubs).
+    /// For every other object pipelined calls wait for the result here.
+    fn pipelines(&self) -> bool {
+        false
+    }
+
+    /// Sends `method` and returns its result together with the
+    /// capabilities inside it, usable before it settles. Called instead of
+    /// [`Object::call`] when the caller pipelines on the call and
+    /// [`Object::pipelines`] is true.
+    fn call_pipelined(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Pipelined, Status>> {
+        let _ = (args, ctx);
+        let status = Status::new(
+            Code::Unimplemented,
+            format!("{} cannot pipeline `{method}`", self.type_name()),
+        );
+        async move { Err(status) }.boxed()
+    }
+
     /// The interface's schema (methods, parameters, results as JSON Schema),
     /// for objects made by [`interface`](crate::interface); served by the
     /// runtime capability's `schemas` and `capwire schema`.
     fn schema(&self) -> Option<serde_json::Value> {
         None
+    }
+}
+
+/// A call sent by [`Object::call_pipelined`].
+pub struct Pipelined {
+    /// The call's result.
+    pub result: BoxFuture<'static, Result<Value, Status>>,
+    /// The capability at a path of the result, usable before it settles.
+    pub at: PipelineAt,
+}
+
+/// Gives the capability at a path of a pipelined call's result.
+pub type PipelineAt = Box<dyn Fn(&[capwire_proto::PathSeg]) -> Capability + Send + Sync>;
+
+impl std::fmt::Debug for Pipelined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipelined").finish_non_exhaustive()
     }
 }
 

@@ -19,7 +19,8 @@ use futures_util::FutureExt;
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
-use crate::capability::{call_local, CapKind, Capability, Destination};
+use crate::capability::{call_local, local_context, CapKind, Capability, Destination};
+use crate::object::PipelineAt;
 use crate::session::{CallScope, Shared};
 use crate::value::Value;
 
@@ -60,6 +61,13 @@ pub(crate) enum Sent {
     /// A result computed here (a local object, or a call whose target is
     /// itself resolved here): pipelined calls wait for it, then go on.
     Deferred(SharedFuture<BoxFuture<'static, Result<Value, Status>>>),
+    /// Sent by an object that pipelines in its own protocol
+    /// ([`Object::call_pipelined`](crate::Object::call_pipelined)): calls on
+    /// it go to the capabilities `at` gives.
+    Proxied {
+        result: SharedFuture<BoxFuture<'static, Result<Value, Status>>>,
+        at: PipelineAt,
+    },
 }
 
 /// A kept question: `finish` goes to the callee when it drops.
@@ -149,7 +157,7 @@ impl PromiseCore {
         if let Some(sent) = self.sent.get() {
             return match sent {
                 Sent::Kept(k) => Some(k.session.as_ptr() as usize),
-                Sent::Deferred(_) => None,
+                Sent::Deferred(_) | Sent::Proxied { .. } => None,
             };
         }
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -160,7 +168,7 @@ impl PromiseCore {
     pub(crate) async fn result(self: &Arc<Self>) -> Result<Value, Status> {
         match self.ensure_sent().await {
             Sent::Kept(k) => k.wait(self.deadline).await,
-            Sent::Deferred(f) => f.clone().await,
+            Sent::Deferred(f) | Sent::Proxied { result: f, .. } => f.clone().await,
         }
     }
 }
@@ -193,6 +201,16 @@ impl PendingCall {
     async fn send_kept(self) -> Sent {
         let wire = match self.target.destination().await {
             Ok(Destination::Wire(shared, to)) => Some((shared, to)),
+            Ok(Destination::Local(object)) if object.pipelines() => {
+                let ctx = local_context(&self.method, self.deadline, self.scope.as_ref());
+                return match object.call_pipelined(&self.method, self.args, ctx).await {
+                    Ok(p) => Sent::Proxied {
+                        result: p.result.shared(),
+                        at: p.at,
+                    },
+                    Err(status) => Sent::Deferred(future::ready(Err(status)).boxed().shared()),
+                };
+            }
             Ok(Destination::Local(_)) => None,
             Err(status) => return Sent::Deferred(future::ready(Err(status)).boxed().shared()),
         };
@@ -316,6 +334,7 @@ impl std::fmt::Debug for Promise {
         let state = match (self.core.sent.get(), self.wait.is_some()) {
             (Some(Sent::Kept(k)), _) => format!("kept question {}", k.id),
             (Some(Sent::Deferred(_)), _) => "computed here".to_owned(),
+            (Some(Sent::Proxied { .. }), _) => "pipelined by its object".to_owned(),
             (None, true) => "sent".to_owned(),
             (None, false) => "not sent".to_owned(),
         };

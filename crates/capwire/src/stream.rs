@@ -9,6 +9,11 @@
 //! capability; the writing side wraps that capability in a [`SinkWriter`],
 //! which keeps at most the window of writes unacknowledged. Combining the two
 //! gives bidirectional streaming.
+//!
+//! **A stream as a value**: [`source`] wraps items in a capability with one
+//! stream method, `read`, so a stream can travel inside an argument or a
+//! result like any capability; the holder reads it once (the capnweb dialect
+//! turns it into a JavaScript `ReadableStream` and back).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -306,7 +311,7 @@ pub fn sink(window: usize) -> (Capability, SinkReceiver) {
         window: window as u64,
     });
     let (write, end, abort) = (input.clone(), input.clone(), input);
-    let methods = Methods::new("capwire.sink")
+    let methods = Methods::new(SINK_TYPE)
         .method("write", move |args: Value, _ctx: CallContext| {
             // Queued before the first `.await`: in arrival order.
             let queued = write.push(SinkMsg::Item(args));
@@ -334,6 +339,28 @@ pub fn sink(window: usize) -> (Capability, SinkReceiver) {
         done: false,
     };
     (Capability::from_arc(object), receiver)
+}
+
+/// The type name of the objects [`source`] makes.
+pub(crate) const SOURCE_TYPE: &str = "capwire.source";
+
+/// The type name of the objects [`sink`] makes.
+pub(crate) const SINK_TYPE: &str = "capwire.sink";
+
+/// Makes a source: a capability whose stream method `read` yields `items`,
+/// with the usual credit window. It can be read once; a second `read` fails
+/// with `failed_precondition`. Dropping the last handle unread drops `items`.
+pub fn source(items: Items) -> Capability {
+    let slot = std::sync::Mutex::new(Some(items));
+    let methods = Methods::new(SOURCE_TYPE).stream("read", move |_args, _ctx| {
+        let items = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        async move {
+            items.ok_or_else(|| {
+                Status::new(Code::FailedPrecondition, "this source was already read")
+            })
+        }
+    });
+    Capability::from_arc(Arc::new(methods))
 }
 
 /// Writes items to a sink capability, keeping at most `window` writes

@@ -332,21 +332,6 @@ pub struct Sink<T> {
     _t: PhantomData<fn(T)>,
 }
 
-impl<T> Clone for Sink<T> {
-    fn clone(&self) -> Self {
-        Sink {
-            cap: self.cap.clone(),
-            _t: PhantomData,
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for Sink<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sink({:?})", self.cap)
-    }
-}
-
 impl<T: Serialize> Sink<T> {
     /// A writer with the default window of 32 unacknowledged writes.
     pub fn writer(&self) -> TypedSinkWriter<T> {
@@ -416,41 +401,102 @@ impl<T: DeserializeOwned> Stream for TypedSinkReceiver<T> {
     }
 }
 
-impl<T> Serialize for Sink<T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_cap(&self.cap, serializer)
-    }
+/// A typed source: a stream of `T` inside a value (see [`crate::source`]).
+/// Make one with [`Source::new`] and pass it as an argument or return it;
+/// the holder reads it once with [`Source::read`]. A capnweb peer sees it as
+/// a `ReadableStream`, and a `ReadableStream` it sends arrives as one.
+pub struct Source<T> {
+    cap: Capability,
+    _t: PhantomData<fn() -> T>,
 }
 
-impl<'de, T> Deserialize<'de> for Sink<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_cap(deserializer).map(|cap| Sink {
-            cap,
+impl<T: Serialize + Send + 'static> Source<T> {
+    /// A source of `items`.
+    pub fn new(items: ItemsOf<T>) -> Source<T> {
+        Source {
+            cap: crate::stream::source(encode_items(items)),
             _t: PhantomData,
-        })
+        }
     }
 }
 
-impl<T: schemars::JsonSchema> schemars::JsonSchema for Sink<T> {
-    fn inline_schema() -> bool {
-        true
+impl<T> Source<T> {
+    /// Reads the items (once: a second read fails `failed_precondition`).
+    pub fn read(&self) -> TypedStream<T> {
+        TypedStream::call(
+            &self.cap,
+            "read",
+            Ok(Value::null()),
+            StreamOptions::default(),
+        )
     }
 
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        format!("Sink_of_{}", T::schema_name()).into()
-    }
-
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let item = generator.subschema_for::<T>();
-        schemars::json_schema!({
-            "type": "object",
-            "properties": { "$cap": { "type": "integer", "minimum": 0 } },
-            "required": ["$cap"],
-            "additionalProperties": false,
-            "x-capwire-sink": item,
-        })
+    /// The untyped capability.
+    pub fn cap(&self) -> &Capability {
+        &self.cap
     }
 }
+
+/// The impls a typed capability wrapper (`Sink<T>`, `Source<T>`) shares:
+/// cloning, `Debug`, travelling as a `{"$cap": n}` placeholder, and a JSON
+/// Schema that names its item type under `marker`.
+macro_rules! cap_wrapper {
+    ($ty:ident, $prefix:literal, $marker:literal) => {
+        impl<T> Clone for $ty<T> {
+            fn clone(&self) -> Self {
+                $ty {
+                    cap: self.cap.clone(),
+                    _t: PhantomData,
+                }
+            }
+        }
+
+        impl<T> std::fmt::Debug for $ty<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({:?})", stringify!($ty), self.cap)
+            }
+        }
+
+        impl<T> Serialize for $ty<T> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serialize_cap(&self.cap, serializer)
+            }
+        }
+
+        impl<'de, T> Deserialize<'de> for $ty<T> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserialize_cap(deserializer).map(|cap| $ty {
+                    cap,
+                    _t: PhantomData,
+                })
+            }
+        }
+
+        impl<T: schemars::JsonSchema> schemars::JsonSchema for $ty<T> {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                format!(concat!($prefix, "{}"), T::schema_name()).into()
+            }
+
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let item = generator.subschema_for::<T>();
+                schemars::json_schema!({
+                    "type": "object",
+                    "properties": { "$cap": { "type": "integer", "minimum": 0 } },
+                    "required": ["$cap"],
+                    "additionalProperties": false,
+                    $marker: item,
+                })
+            }
+        }
+    };
+}
+
+cap_wrapper!(Sink, "Sink_of_", "x-capwire-sink");
+cap_wrapper!(Source, "Source_of_", "x-capwire-source");
 
 /// Bootstraps a typed interface from a session, at its declared version.
 #[doc(hidden)]

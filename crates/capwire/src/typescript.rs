@@ -66,6 +66,9 @@ fn ts_type(schema: &Json) -> String {
     if let Some(item) = obj.get("x-capwire-sink") {
         return format!("WritableStream<{}>", ts_type(item));
     }
+    if let Some(item) = obj.get("x-capwire-source") {
+        return format!("ReadableStream<{}>", ts_type(item));
+    }
     if let Some(c) = obj.get("const") {
         return serde_json::to_string(c).unwrap_or_else(|_| "unknown".into());
     }
@@ -254,7 +257,8 @@ pub fn declarations(schemas: &Json) -> String {
             }
             let plain_object = def.get("type").and_then(Json::as_str) == Some("object")
                 && def.get("properties").is_some()
-                && def.get("x-capwire-sink").is_none();
+                && def.get("x-capwire-sink").is_none()
+                && def.get("x-capwire-source").is_none();
             let body = if plain_object {
                 format!(
                     "interface {} {}",

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attestation::TransportKind;
 use crate::capability::{CapKind, Capability};
-use crate::object::{CallContext, Object};
+use crate::object::{CallContext, Object, PipelineAt, Pipelined};
 use crate::transport::{CloseReason, FrameReceiver, FrameSender, Transport};
 use crate::value::Value;
 
@@ -50,7 +50,18 @@ enum Export {
     Cap { cap: Capability, refs: u64 },
     /// The result of a `push`, settling or settled.
     Promise { outcome: Outcome, refs: u64 },
+    /// A pipe the peer opened (`["pipe"]`): its `stream` writes go into
+    /// `sink`; `source` is its readable end until a `["readable", id]`
+    /// takes it.
+    Pipe {
+        sink: Capability,
+        source: Option<Capability>,
+        refs: u64,
+    },
 }
+
+/// Items a pipe from the peer buffers before its writes wait for the reader.
+const PIPE_WINDOW: usize = 16;
 
 struct State {
     exports: HashMap<i64, Export>,
@@ -66,14 +77,35 @@ struct State {
     stubs: HashMap<i64, (Weak<PeerStub>, u64)>,
     /// The same handles by address, to send them back as `["import", id]`.
     stub_ids: HashMap<usize, i64>,
+    /// Stubs on our pushes' results, by address: sent as `["pipeline", id, path]`.
+    pipelined: HashMap<usize, (i64, Json)>,
     /// Streams we are pumping into pipes, by the address of the marker
     /// capability that stands for them in a value: sent as `["readable", id]`.
     pipes: HashMap<usize, i64>,
     ended: Option<Status>,
 }
 
+impl State {
+    /// Files what the peer's next `push` or `pipe` made under the next
+    /// positive id, within [`MAX_EXPORTS`].
+    fn import_next(&mut self, entry: Export) -> Result<i64, Status> {
+        if self.exports.len() >= MAX_EXPORTS {
+            return Err(Status::limit(
+                capwire_proto::Reason::MAX_CAPS_PER_CONNECTION,
+                MAX_EXPORTS as u64,
+            ));
+        }
+        self.pushed += 1;
+        self.exports.insert(self.pushed, entry);
+        Ok(self.pushed)
+    }
+}
+
 struct Inner {
     state: Mutex<State>,
+    /// Held from taking one of our ids until the message that uses it is
+    /// queued: the peer numbers our messages in the order they arrive.
+    numbering: tokio::sync::Mutex<()>,
     sender: FrameSender,
     closed: CancellationToken,
     /// One HTTP batch: when the input ends, answer what was pulled, then close.
@@ -124,9 +156,11 @@ impl CapnwebSession {
                 waiting: HashMap::new(),
                 stubs: HashMap::new(),
                 stub_ids: HashMap::new(),
+                pipelined: HashMap::new(),
                 pipes: HashMap::new(),
                 ended: None,
             }),
+            numbering: tokio::sync::Mutex::new(()),
             sender,
             closed: CancellationToken::new(),
             batch: attestation.transport == TransportKind::HttpBatch,
@@ -176,11 +210,37 @@ impl CapnwebSession {
 struct PeerStub {
     inner: Weak<Inner>,
     id: i64,
+    /// A stub on one of our pushes: the path inside its result, and the
+    /// push it keeps alive.
+    on: Option<(Json, Arc<PushRef>)>,
     writable: bool,
+}
+
+/// One of our pushes, pipelined on: released when its result and every stub
+/// on it are gone.
+struct PushRef {
+    inner: Weak<Inner>,
+    id: i64,
+}
+
+impl Drop for PushRef {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.lock().waiting.remove(&self.id);
+            inner.send_now(json!(["release", self.id, 1]));
+        }
+    }
 }
 
 impl Drop for PeerStub {
     fn drop(&mut self) {
+        if self.on.is_some() {
+            if let Some(inner) = self.inner.upgrade() {
+                let addr = self as *const PeerStub as usize;
+                inner.lock().pipelined.remove(&addr);
+            }
+            return;
+        }
         if self.id == 0 {
             return;
         }
@@ -203,6 +263,39 @@ impl Drop for PeerStub {
 }
 
 impl PeerStub {
+    /// The property path a call of `method` names: a function stub is
+    /// called with its own path; `call` names that.
+    fn call_path(&self, method: &str) -> Json {
+        let mut path = match &self.on {
+            Some((Json::Array(p), _)) => p.clone(),
+            _ => Vec::new(),
+        };
+        if method != "call" {
+            path.push(Json::from(method));
+        }
+        Json::Array(path)
+    }
+
+    /// Sends `["push", ["pipeline", id, path, args]]`: the push's id and the
+    /// channel its settlement arrives on (once pulled).
+    #[allow(clippy::type_complexity)]
+    async fn push(
+        &self,
+        path: Json,
+        args: Value,
+    ) -> Result<(Arc<Inner>, i64, oneshot::Receiver<Result<Json, Json>>), Status> {
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the capnweb session is closed"))?;
+        let args = inner.outgoing(args).await?;
+        let args = inner.encode_args(&args)?;
+        let (id, rx) = inner
+            .send_numbered(|_| json!(["push", ["pipeline", self.id, path, args]]))
+            .await?;
+        Ok((inner, id, rx))
+    }
+
     /// A sink method on the peer's WritableStream.
     async fn stream_call(&self, method: &str, args: Value) -> Result<Value, Status> {
         let inner = self
@@ -210,7 +303,10 @@ impl PeerStub {
             .upgrade()
             .ok_or_else(|| Status::unavailable("the capnweb session is closed"))?;
         let (path, list) = match method {
-            "write" => ("write", json!([inner.encode_value(&args)?])),
+            "write" => {
+                let args = inner.outgoing(args).await?;
+                ("write", json!([inner.encode_value(&args)?]))
+            }
             "end" => ("close", json!([])),
             "abort" => {
                 let status: Status = args
@@ -226,9 +322,8 @@ impl PeerStub {
             }
         };
         // The stream message takes our next positive id, like a push.
-        let (_, rx) = inner.ask()?;
-        inner
-            .send(json!(["stream", ["pipeline", self.id, [path], list]]))
+        let (_, rx) = inner
+            .send_numbered(|_| json!(["stream", ["pipeline", self.id, [path], list]]))
             .await?;
         match rx
             .await
@@ -247,27 +342,14 @@ impl Object for PeerStub {
         args: Value,
         _ctx: CallContext,
     ) -> BoxFuture<'static, Result<Value, Status>> {
-        // A function stub is called with the empty path; `call` names that.
-        let path = if method == "call" {
-            json!([])
-        } else {
-            json!([method])
-        };
+        let path = self.call_path(method);
         let this = self.clone();
         if self.writable {
             let method = method.to_owned();
             return async move { this.stream_call(&method, args).await }.boxed();
         }
         async move {
-            let inner = this
-                .inner
-                .upgrade()
-                .ok_or_else(|| Status::unavailable("the capnweb session is closed"))?;
-            let args = inner.encode_args(&args)?;
-            let (id, rx) = inner.ask()?;
-            inner
-                .send(json!(["push", ["pipeline", this.id, path, args]]))
-                .await?;
+            let (inner, id, rx) = this.push(path, args).await?;
             inner.send(json!(["pull", id])).await?;
             let settled = rx
                 .await
@@ -283,6 +365,50 @@ impl Object for PeerStub {
 
     fn type_name(&self) -> &str {
         "capnweb stub"
+    }
+
+    fn pipelines(&self) -> bool {
+        !self.writable
+    }
+
+    /// A `push` now; its `pull` only when the result is awaited. Calls on
+    /// the result travel as pushes on `["pipeline", id, path]`.
+    fn call_pipelined(
+        self: Arc<Self>,
+        method: &str,
+        args: Value,
+        _ctx: CallContext,
+    ) -> BoxFuture<'static, Result<Pipelined, Status>> {
+        let path = self.call_path(method);
+        async move {
+            let (inner, id, rx) = self.push(path, args).await?;
+            let push = Arc::new(PushRef {
+                inner: self.inner.clone(),
+                id,
+            });
+            let held = push.clone();
+            let me = inner.clone();
+            let result = async move {
+                me.send(json!(["pull", id])).await?;
+                let settled = rx
+                    .await
+                    .map_err(|_| Status::unavailable("the capnweb session closed"))?;
+                let value = match settled {
+                    Ok(expr) => me.eval_value(expr).await,
+                    Err(err) => Err(expr::decode_error(&err)),
+                };
+                drop(held);
+                value
+            }
+            .boxed();
+            let weak = self.inner.clone();
+            let at: PipelineAt = Box::new(move |segs| match weak.upgrade() {
+                Some(inner) => inner.pipeline_stub(id, segs, push.clone()),
+                None => Capability::error(Status::unavailable("the capnweb session is closed")),
+            });
+            Ok(Pipelined { result, at })
+        }
+        .boxed()
     }
 }
 
@@ -311,6 +437,50 @@ impl Inner {
         Ok((id, rx))
     }
 
+    /// Sends a message that takes our next positive id (`push`, `stream`,
+    /// `pipe`), with the channel its `resolve`/`reject` arrives on.
+    #[allow(clippy::type_complexity)]
+    async fn send_numbered(
+        &self,
+        message: impl FnOnce(i64) -> Json,
+    ) -> Result<(i64, oneshot::Receiver<Result<Json, Json>>), Status> {
+        let _order = self.numbering.lock().await;
+        let (id, rx) = self.ask()?;
+        self.send(message(id)).await?;
+        Ok((id, rx))
+    }
+
+    /// Replaces the sources in an outgoing value by pipes: `["pipe"]` goes
+    /// out now, and the value will carry `["readable", id]`.
+    fn outgoing(self: &Arc<Self>, value: Value) -> BoxFuture<'_, Result<Value, Status>> {
+        self.outgoing_inner(value).boxed()
+    }
+
+    async fn outgoing_inner(self: &Arc<Self>, mut value: Value) -> Result<Value, Status> {
+        for i in 0..value.caps.len() {
+            // A promise pipelined on one of our pushes goes as its reference.
+            if let CapKind::Promised(core, path) = &value.caps[i].kind {
+                if core.session().is_none() {
+                    if let crate::promise::Sent::Proxied { at, .. } = core.ensure_sent().await {
+                        value.caps[i] = at(path);
+                        continue;
+                    }
+                }
+            }
+            let source = match &value.caps[i].kind {
+                CapKind::Local(o) | CapKind::Served { object: o, .. } => {
+                    o.type_name() == crate::stream::SOURCE_TYPE
+                }
+                _ => false,
+            };
+            if source {
+                let items = value.caps[i].call_stream("read", Value::null());
+                value.caps[i] = self.readable(items).await?;
+            }
+        }
+        Ok(value)
+    }
+
     fn stub(self: &Arc<Self>, id: i64) -> Capability {
         self.stub_of(id, false)
     }
@@ -326,10 +496,37 @@ impl Inner {
         let stub = Arc::new(PeerStub {
             inner: Arc::downgrade(self),
             id,
+            on: None,
             writable,
         });
         st.stubs.insert(id, (Arc::downgrade(&stub), 1));
         st.stub_ids.insert(Arc::as_ptr(&stub) as usize, id);
+        Capability::from_arc(stub)
+    }
+
+    /// A stub on the value at `segs` of our push `id`, before it settles.
+    fn pipeline_stub(
+        self: &Arc<Self>,
+        id: i64,
+        segs: &[capwire_proto::PathSeg],
+        push: Arc<PushRef>,
+    ) -> Capability {
+        let path: Vec<Json> = segs
+            .iter()
+            .map(|s| match s {
+                capwire_proto::PathSeg::Key(k) => Json::from(k.as_str()),
+                capwire_proto::PathSeg::Index(i) => Json::from(*i),
+            })
+            .collect();
+        let stub = Arc::new(PeerStub {
+            inner: Arc::downgrade(self),
+            id,
+            on: Some((Json::Array(path.clone()), push)),
+            writable: false,
+        });
+        self.lock()
+            .pipelined
+            .insert(Arc::as_ptr(&stub) as usize, (id, Json::Array(path)));
         Capability::from_arc(stub)
     }
 
@@ -344,17 +541,9 @@ impl Inner {
             .map_err(|e| Status::unavailable(format!("cannot send: {e}")))
     }
 
-    /// From code that cannot wait (drops): order does not matter for these.
+    /// From code that cannot wait (drops): queued behind what was sent before.
     fn send_now(&self, message: Json) {
-        let frame = Inner::frame(&message);
-        if let Ok(Some(frame)) = self.sender.try_send(frame) {
-            let sender = self.sender.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = sender.send(frame).await;
-                });
-            }
-        }
+        let _ = self.sender.send_now(Inner::frame(&message));
     }
 
     /// The batch's messages are all in: answer every pull, then close (the
@@ -414,6 +603,15 @@ impl Inner {
     /// exported under fresh negative ids; the peer's own come back as imports.
     fn encode_value(&self, value: &Value) -> Result<Json, Status> {
         let tree: Json = value.decode()?;
+        if expr::too_deep(&tree, expr::MAX_DEPTH, false) {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!(
+                    "the value nests deeper than capnweb's limit of {}",
+                    expr::MAX_DEPTH
+                ),
+            ));
+        }
         let mut st = self.lock();
         expr::encode_tree(&tree, &mut |n| {
             let cap = value
@@ -428,6 +626,9 @@ impl Inner {
                 }
                 if let Some(id) = st.pipes.get(&addr) {
                     return Ok(json!(["readable", id]));
+                }
+                if let Some((id, path)) = st.pipelined.get(&addr) {
+                    return Ok(json!(["pipeline", id, path]));
                 }
             }
             if st.exports.len() >= MAX_EXPORTS {
@@ -445,7 +646,14 @@ impl Inner {
                     refs: 1,
                 },
             );
-            Ok(json!(["export", id]))
+            // A sink is a WritableStream to the peer: it writes with `stream`.
+            let sink = match &cap.kind {
+                CapKind::Local(o) | CapKind::Served { object: o, .. } => {
+                    o.type_name() == crate::stream::SINK_TYPE
+                }
+                _ => false,
+            };
+            Ok(json!([if sink { "writable" } else { "export" }, id]))
         })
     }
 
@@ -465,7 +673,7 @@ impl Inner {
     async fn eval_value(self: &Arc<Self>, expr: Json) -> Result<Value, Status> {
         let mut caps = Vec::new();
         let tree = self.eval(expr, &mut caps, None).await?;
-        Value::with_caps(&tree, caps)
+        value_of(&tree, caps)
     }
 
     /// Evaluates an expression into a value tree, collecting capabilities.
@@ -519,6 +727,21 @@ impl Inner {
         if let Some(value) = expr::special(&tag, &items[1..]) {
             return value;
         }
+        if tag == "error" {
+            // An error as a value: its properties are a value like any other.
+            if !matches!(items.get(1..3), Some([Json::String(_), Json::String(_)]))
+                || items.len() > 5
+            {
+                return Err(violation(format!(
+                    "malformed error value: {}",
+                    Json::Array(items)
+                )));
+            }
+            if let Some(props) = items.get_mut(4) {
+                *props = self.eval(props.take(), caps, scope).await?;
+            }
+            return Ok(expr::ext_value(Json::Array(items)));
+        }
         let id = items.get(1).and_then(Json::as_i64);
         let cap_ref = |cap: Capability, caps: &mut Vec<Capability>| {
             caps.push(cap);
@@ -534,7 +757,7 @@ impl Inner {
                 let found = match self.lock().exports.get(&id) {
                     Some(Export::Cap { cap, .. }) => Some(Ok(cap.clone())),
                     Some(Export::Promise { outcome, .. }) => Some(Err(outcome.clone())),
-                    None => None,
+                    Some(Export::Pipe { .. }) | None => None,
                 };
                 match found {
                     Some(Ok(cap)) => Ok(cap_ref(cap, caps)),
@@ -571,10 +794,15 @@ impl Inner {
                 self.graft(Ok(value), caps)
             }
             ("writable", Some(id)) => Ok(cap_ref(self.stub_of(id, true), caps)),
-            ("readable", _) => Err(Status::new(
-                Code::Unimplemented,
-                "capnweb ReadableStreams sent to capwire are not supported yet",
-            )),
+            ("readable", Some(id)) => {
+                let source = match self.lock().exports.get_mut(&id) {
+                    Some(Export::Pipe { source, .. }) => source.take(),
+                    _ => None,
+                };
+                let source = source
+                    .ok_or_else(|| violation(format!("no unread pipe for ReadableStream {id}")))?;
+                Ok(cap_ref(source, caps))
+            }
             _ => Err(violation(format!(
                 "unknown special value: {}",
                 Json::Array(items)
@@ -605,7 +833,9 @@ impl Inner {
         let target = match self.lock().exports.get(&id) {
             Some(Export::Cap { cap, .. }) => Ok(cap.clone()),
             Some(Export::Promise { outcome, .. }) => Err(outcome.clone()),
-            None => return Err(violation(format!("no such entry on exports table: {id}"))),
+            Some(Export::Pipe { .. }) | None => {
+                return Err(violation(format!("no such entry on exports table: {id}")))
+            }
         };
         match target {
             Ok(cap) => Ok(Base::Cap(cap)),
@@ -632,7 +862,7 @@ impl Inner {
                 for a in list {
                     items.push(self.eval(a, &mut caps, scope).await?);
                 }
-                Some(Value::with_caps(&Json::Array(items), caps)?)
+                Some(value_of(&Json::Array(items), caps)?)
             }
             Some(_) => return Err(violation("pipeline arguments are a list")),
             None => None,
@@ -677,7 +907,9 @@ impl Inner {
             _ => false,
         };
         if streams {
-            return self.readable(cap.call_stream(&method, args)).await;
+            return Ok(Value::capability(
+                self.readable(cap.call_stream(&method, args)).await?,
+            ));
         }
         cap.call(&method, args).await
     }
@@ -686,26 +918,23 @@ impl Inner {
     /// holding `["readable", p]`, and the items pumped into the pipe as
     /// `stream` writes, one acknowledged before the next, then `close` (or
     /// `abort` with the stream's error) and `release`.
-    async fn readable(self: &Arc<Self>, mut items: crate::ItemStream) -> Result<Value, Status> {
+    async fn readable(
+        self: &Arc<Self>,
+        mut items: crate::ItemStream,
+    ) -> Result<Capability, Status> {
         use futures_util::StreamExt;
         let marker: Arc<dyn Object> = Arc::new(PipeMarker);
         let addr = Arc::as_ptr(&marker) as *const () as usize;
-        let pipe = {
-            let mut st = self.lock();
-            st.asked += 1;
-            let id = st.asked;
-            st.pipes.insert(addr, id);
-            id
-        };
-        self.send(json!(["pipe"])).await?;
+        let (pipe, _) = self.send_numbered(|_| json!(["pipe"])).await?;
+        self.lock().pipes.insert(addr, pipe);
         let me = self.clone();
         tokio::spawn(async move {
             let write = |path: &str, list: Json| {
                 let me = me.clone();
                 let path = path.to_owned();
                 async move {
-                    let (_, rx) = me.ask()?;
-                    me.send(json!(["stream", ["pipeline", pipe, [path], list]]))
+                    let (_, rx) = me
+                        .send_numbered(|_| json!(["stream", ["pipeline", pipe, [path], list]]))
                         .await?;
                     match rx.await {
                         Ok(Ok(_)) => Ok(()),
@@ -716,6 +945,10 @@ impl Inner {
             };
             let mut ended = false;
             while let Some(item) = items.next().await {
+                let item = match item {
+                    Ok(v) => me.outgoing(v).await,
+                    Err(e) => Err(e),
+                };
                 let r = match item.and_then(|v| me.encode_value(&v)) {
                     Ok(chunk) => write("write", json!([chunk])).await,
                     Err(status) => {
@@ -734,7 +967,7 @@ impl Inner {
             let _ = me.send(json!(["release", pipe, 1])).await;
             me.lock().pipes.remove(&addr);
         });
-        Ok(Value::capability(Capability::from_arc(marker)))
+        Ok(Capability::from_arc(marker))
     }
 }
 
@@ -884,14 +1117,118 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
             Ok(None) => return inner.end(Status::unavailable("the peer closed the connection")),
             Err(e) => return inner.end(Status::unavailable(format!("the connection failed: {e}"))),
         };
-        let message: Json = match serde_json::from_slice(&bytes) {
+        let message = match parse(&bytes) {
             Ok(m) => m,
-            Err(e) => return inner.abort(violation(e.to_string())).await,
+            Err(status) => return inner.abort(status).await,
         };
         if let Err(status) = handle(&inner, message).await {
             return inner.abort(status).await;
         }
     }
+}
+
+/// `["stream", ["pipeline", id, [method], args]]`: a write, `close` or
+/// `abort` on a pipe the peer opened or on a sink we passed it as a
+/// WritableStream. It takes the peer's next id, like a push, and is answered
+/// with `resolve` (`undefined`) or `reject`, with no pull and no release.
+fn stream_message(inner: &Arc<Inner>, expr: &Json) -> Result<(), Status> {
+    let bad = || violation(format!("bad stream message: {expr}"));
+    let items = expr.as_array().ok_or_else(bad)?;
+    let (id, method, args) = match items.as_slice() {
+        [tag, id, path, args] if tag == "pipeline" => {
+            let method = path
+                .as_array()
+                .and_then(|p| match p.as_slice() {
+                    [Json::String(m)] => Some(m.clone()),
+                    _ => None,
+                })
+                .ok_or_else(bad)?;
+            let args = args.as_array().cloned().ok_or_else(bad)?;
+            (id.as_i64().ok_or_else(bad)?, method, args)
+        }
+        _ => return Err(bad()),
+    };
+    let (s, target) = {
+        let mut st = inner.lock();
+        let target = match st.exports.get(&id) {
+            Some(Export::Pipe { sink, .. }) => sink.clone(),
+            Some(Export::Cap { cap, .. }) => cap.clone(),
+            _ => return Err(violation(format!("no such stream: {id}"))),
+        };
+        st.pushed += 1;
+        (st.pushed, target)
+    };
+    let me = inner.clone();
+    // Inline until it waits: a sink queues each write in arrival order.
+    crate::session::start_inline(async move {
+        let result = async {
+            let (method, args) = match method.as_str() {
+                "write" => {
+                    let chunk = args.into_iter().next().unwrap_or(Json::Null);
+                    ("write", me.eval_value(chunk).await?)
+                }
+                "close" => ("end", Value::null()),
+                "abort" => {
+                    let reason = args.first().map(expr::decode_error).unwrap_or_else(|| {
+                        Status::new(Code::Aborted, "the peer aborted the stream")
+                    });
+                    ("abort", Value::new(&reason)?)
+                }
+                other => {
+                    return Err(Status::new(
+                        Code::Unimplemented,
+                        format!("a stream has no method `{other}`"),
+                    ))
+                }
+            };
+            target.call(method, args).await
+        }
+        .await;
+        let reply = match result {
+            Ok(_) => json!(["resolve", s, ["undefined"]]),
+            Err(status) => json!(["reject", s, expr::encode_error(&status)]),
+        };
+        let _ = me.send(reply).await;
+    });
+    Ok(())
+}
+
+/// A received value tree as a capwire value. capwire values nest at most
+/// `MAX_DECODE_DEPTH` (128) levels, capnweb's up to 256: a deeper one fails
+/// with `max_value_depth`.
+fn value_of(tree: &Json, caps: Vec<Capability>) -> Result<Value, Status> {
+    let limit = capwire_proto::MAX_DECODE_DEPTH;
+    if expr::too_deep(tree, limit, false) {
+        return Err(Status::limit(
+            capwire_proto::Reason::MAX_VALUE_DEPTH,
+            limit as u64,
+        ));
+    }
+    Value::with_caps(tree, caps)
+}
+
+/// Parses one message, within capnweb's nesting limit.
+fn parse(bytes: &[u8]) -> Result<Json, Status> {
+    let too_deep = || {
+        violation(format!(
+            "Deserialization exceeded maximum allowed message depth of {}.",
+            expr::MAX_DEPTH
+        ))
+    };
+    if capwire_proto::json_exceeds_depth(bytes, expr::MAX_JSON_DEPTH) {
+        return Err(too_deep());
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Bounded above: the scan refused anything deeper.
+    de.disable_recursion_limit();
+    let message = serde::Deserialize::deserialize(&mut de)
+        .and_then(|m: Json| de.end().map(|()| m))
+        .map_err(|e| violation(e.to_string()))?;
+    // The message, its expression and an argument list sit above the value.
+    if expr::too_deep(&message, expr::MAX_DEPTH + 3, true) {
+        return Err(too_deep());
+    }
+    Ok(message)
 }
 
 fn bad_message(message: &Json) -> Status {
@@ -911,24 +1248,10 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
             let expr = items[1].clone();
             let me = inner.clone();
             let outcome: Outcome = async move { me.eval_value(expr).await }.boxed().shared();
-            {
-                let mut st = inner.lock();
-                if st.exports.len() >= MAX_EXPORTS {
-                    return Err(Status::limit(
-                        capwire_proto::Reason::MAX_CAPS_PER_CONNECTION,
-                        MAX_EXPORTS as u64,
-                    ));
-                }
-                st.pushed += 1;
-                let id = st.pushed;
-                st.exports.insert(
-                    id,
-                    Export::Promise {
-                        outcome: outcome.clone(),
-                        refs: 1,
-                    },
-                );
-            }
+            inner.lock().import_next(Export::Promise {
+                outcome: outcome.clone(),
+                refs: 1,
+            })?;
             // Started now, inline until it waits: calls start in arrival order.
             let me = inner.clone();
             crate::session::start_inline(async move {
@@ -944,13 +1267,17 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
             let id = items[1].as_i64().ok_or_else(|| bad_message(&message))?;
             let outcome = match inner.lock().exports.get(&id) {
                 Some(Export::Promise { outcome, .. }) => outcome.clone(),
-                Some(Export::Cap { .. }) => return Ok(()),
+                Some(Export::Cap { .. } | Export::Pipe { .. }) => return Ok(()),
                 None => return Err(violation(format!("no such export ID: {id}"))),
             };
             let me = inner.clone();
             inner.pulls.fetch_add(1, Ordering::AcqRel);
             crate::session::start_inline(async move {
-                let reply = match outcome.await.and_then(|v| me.encode_value(&v)) {
+                let value = match outcome.await {
+                    Ok(v) => me.outgoing(v).await,
+                    Err(e) => Err(e),
+                };
+                let reply = match value.and_then(|v| me.encode_value(&v)) {
                     Ok(expr) => json!(["resolve", id, expr]),
                     Err(status) => json!(["reject", id, expr::encode_error(&status)]),
                 };
@@ -993,7 +1320,11 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
             let removed = {
                 let mut st = inner.lock();
                 let refs = match st.exports.get_mut(&id) {
-                    Some(Export::Cap { refs, .. } | Export::Promise { refs, .. }) => refs,
+                    Some(
+                        Export::Cap { refs, .. }
+                        | Export::Promise { refs, .. }
+                        | Export::Pipe { refs, .. },
+                    ) => refs,
                     None => return Err(violation(format!("no such export ID: {id}"))),
                 };
                 // JS releases 1 however often an id was introduced: accept n <= count.
@@ -1020,9 +1351,17 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
             )));
             Ok(())
         }
-        ("stream" | "pipe", _) => Err(violation(format!(
-            "capnweb `{kind}` is not supported by this peer yet"
-        ))),
+        ("pipe", 1) => {
+            let (sink, items) = crate::stream::sink(PIPE_WINDOW);
+            let source = crate::stream::source(futures_util::StreamExt::boxed(items));
+            inner.lock().import_next(Export::Pipe {
+                sink,
+                source: Some(source),
+                refs: 1,
+            })?;
+            Ok(())
+        }
+        ("stream", 2) => stream_message(inner, &items[1]),
         _ => Err(bad_message(&message)),
     }
 }
