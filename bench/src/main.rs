@@ -1,0 +1,211 @@
+//! `capwire-bench`: capwire against the raw-socket floor and peer RPC
+//! libraries, side by side in one run, on both tokio runtimes.
+//!
+//! ```text
+//! cargo run --release -p capwire-bench -- --quick        # under a minute
+//! cargo run --release -p capwire-bench -- --out docs/benchmarks.md
+//! ```
+
+mod capwire_peer;
+mod floor;
+mod idle;
+mod measure;
+mod net;
+mod peers;
+mod report;
+mod work;
+
+use std::time::Duration;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use capwire::proto::Codec;
+use net::Net;
+use report::Row;
+use work::{Opts, Work, LARGE_ITEM, SMALL_ITEM};
+
+#[derive(Parser, Debug)]
+#[command(about = "capwire vs the raw-socket floor and peer RPC libraries")]
+struct Args {
+    /// Short runs, for smoke checks (under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Only these peers (comma-separated: floor, capwire-msgpack, capwire-json, tarpc, …).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write the Markdown report here as well as to stdout.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Idle connections to hold (default 1000 and 10000; 200 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    idle: Vec<usize>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// (internal) Serve one peer for the idle-connection measurement.
+    ServeIdle {
+        /// The peer.
+        peer: String,
+    },
+}
+
+const WORKS: [Work; 7] = [
+    Work::Unary,
+    Work::InFlight,
+    Work::Chain,
+    Work::UnaryDelayed,
+    Work::ChainDelayed,
+    Work::Stream(SMALL_ITEM),
+    Work::Stream(LARGE_ITEM),
+];
+
+fn runtime(multi: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+}
+
+async fn run_one(
+    peer: &str,
+    work: Work,
+    net: Net,
+    opts: &Opts,
+) -> anyhow::Result<Option<measure::Sample>> {
+    match peer {
+        "floor" => floor::run(work, net, opts).await,
+        "capwire-msgpack" => capwire_peer::run(work, net, Codec::Msgpack, opts).await,
+        "capwire-json" => capwire_peer::run(work, net, Codec::Json, opts).await,
+        other => peers::run(other, work, net, opts).await,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("- date: {date}\n- nproc: {nproc}\n- CPU: {cpu}\n")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Cmd::ServeIdle { peer }) = &args.command {
+        return runtime(false)?.block_on(idle::serve(peer));
+    }
+    let opts = if args.quick {
+        Opts {
+            budget: Duration::from_millis(150),
+            small_items: 50_000,
+            large_items: 1_000,
+        }
+    } else {
+        Opts {
+            budget: Duration::from_millis(1500),
+            small_items: 1_000_000,
+            large_items: 10_000,
+        }
+    };
+    let mut all: Vec<String> = ["floor", "capwire-msgpack", "capwire-json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    all.extend(peers::PEERS.iter().map(|s| s.to_string()));
+    let chosen: Vec<String> = if args.only.is_empty() {
+        all
+    } else {
+        all.into_iter().filter(|p| args.only.contains(p)).collect()
+    };
+    let idle_counts = if !args.idle.is_empty() {
+        args.idle.clone()
+    } else if args.quick {
+        vec![200]
+    } else {
+        vec![1000, 10_000]
+    };
+
+    let runs = 2 * 2 * WORKS.len() * chosen.len();
+    let bar = ProgressBar::new(runs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    for (multi, rt_name) in [(false, "current-thread"), (true, "multi-thread")] {
+        let rt = runtime(multi)?;
+        for net in [Net::Unix, Net::Tcp] {
+            for work in WORKS {
+                for peer in &chosen {
+                    bar.set_message(format!("{rt_name} {} {peer}: {}", net.name(), work.title()));
+                    let sample = rt.block_on(run_one(peer, work, net, &opts));
+                    match sample {
+                        Ok(Some(sample)) => rows.push(Row {
+                            work,
+                            peer: peer.clone(),
+                            net: net.name(),
+                            runtime: rt_name,
+                            sample,
+                        }),
+                        Ok(None) => {}
+                        Err(e) => bar.println(format!("{peer} {}: {e:#}", work.title())),
+                    }
+                    bar.inc(1);
+                }
+            }
+        }
+        rt.shutdown_timeout(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+
+    let rt = runtime(true)?;
+    let mut idle_rows = Vec::new();
+    for &n in &idle_counts {
+        for peer in &chosen {
+            let name = match peer.as_str() {
+                "capwire-msgpack" => "capwire",
+                "capwire-json" => continue,
+                p => p,
+            };
+            eprintln!("idle: {n} connections to {name}");
+            match rt.block_on(idle::measure(name, n)) {
+                Ok(row) => idle_rows.push(row),
+                Err(e) => eprintln!("idle {name} {n}: {e:#}"),
+            }
+        }
+    }
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut doc = format!(
+        "## Run\n\n- command: `{command}`\n{}- peers: {}\n- client and server share one process and one runtime (current-thread: one thread for both; multi-thread: 2 workers); CPU is the whole process's\n\n",
+        machine(),
+        chosen.join(", ")
+    );
+    doc.push_str(&report::tables(&rows, &WORKS));
+    doc.push_str(&report::idle_table(&idle_rows));
+    print!("{doc}");
+    if let Some(path) = args.out {
+        std::fs::write(path, &doc)?;
+    }
+    Ok(())
+}
