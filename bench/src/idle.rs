@@ -19,10 +19,10 @@ pub async fn serve(peer: &str) -> anyhow::Result<()> {
         "capwire" => crate::capwire_peer::server(Net::Unix, capwire::proto::Codec::Msgpack).await?,
         other => crate::peers::idle_server(other).await?,
     };
-    let Endpoint::Unix(path) = ep else {
-        anyhow::bail!("expected a Unix endpoint")
-    };
-    println!("{}", path.display());
+    match ep {
+        Endpoint::Unix(path) => println!("unix {}", path.display()),
+        Endpoint::Tcp(addr) => println!("tcp {addr}"),
+    }
     std::future::pending::<()>().await;
     Ok(())
 }
@@ -58,7 +58,11 @@ pub async fn measure(peer: &str, n: usize) -> anyhow::Result<IdleRow> {
     let server = Server(child);
     let mut line = String::new();
     std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let ep = Endpoint::Unix(line.trim().into());
+    let ep = match line.trim().split_once(' ') {
+        Some(("unix", path)) => Endpoint::Unix(path.into()),
+        Some(("tcp", addr)) => Endpoint::Tcp(addr.parse()?),
+        _ => anyhow::bail!("the {peer} server said {line:?}"),
+    };
     // One connection first, so that lazily built state is not counted.
     let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
     held.push(open(peer, &ep).await?);

@@ -166,7 +166,7 @@ pub struct IdleRow {
 /// The idle-connection table.
 pub fn idle_table(rows: &[IdleRow]) -> String {
     let mut out = String::from(
-        "### Idle connections (Unix socket, resident memory of the server process)\n\n\
+        "### Idle connections (Unix socket; TCP for jsonrpsee), resident memory of the server process\n\n\
          | peer | connections | KiB per connection | × floor |\n|---|---:|---:|---:|\n",
     );
     for r in rows {
