@@ -194,7 +194,10 @@ pub(crate) struct Shared {
     config: SessionConfig,
     registry: Registry,
     attestation: Arc<Attestation>,
-    events: broadcast::Sender<Event>,
+    /// Made on the first subscription: its ring of `event_buffer` slots is
+    /// allocated up front, which an idle connection nobody watches should
+    /// not pay for.
+    events: std::sync::OnceLock<broadcast::Sender<Event>>,
     counters: Counters,
     closed: CancellationToken,
     runtime: Arc<dyn Object>,
@@ -253,7 +256,6 @@ impl Session {
             receiver,
             attestation,
         } = transport;
-        let (events, _) = broadcast::channel(config.event_buffer.max(1));
         let limits = config.limits.clone();
         let (releases, mut released) = mpsc::unbounded_channel();
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| Shared {
@@ -275,7 +277,7 @@ impl Session {
             config,
             registry: registry.clone(),
             attestation: Arc::new(attestation),
-            events,
+            events: std::sync::OnceLock::new(),
             counters: Counters::default(),
             closed: CancellationToken::new(),
             sender,
@@ -358,7 +360,11 @@ impl Session {
 
     /// Subscribes to this session's events.
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
+        let size = self.shared.config.event_buffer.max(1);
+        self.shared
+            .events
+            .get_or_init(|| broadcast::channel(size).0)
+            .subscribe()
     }
 
     /// What the transport knows about the peer.
@@ -479,8 +485,10 @@ impl Shared {
     }
 
     fn emit(&self, event: Event) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            if events.receiver_count() > 0 {
+                let _ = events.send(event);
+            }
         }
     }
 
