@@ -39,6 +39,16 @@ struct Args {
     /// Only these peers (comma-separated: floor, capwire-msgpack, capwire-json, tarpc, …).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these workloads (unary, inflight, chain, unary-delayed,
+    /// chain-delayed, stream16, stream64k).
+    #[arg(long, value_delimiter = ',')]
+    work: Vec<String>,
+    /// Only this runtime (current-thread or multi-thread).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Only this transport (unix or tcp).
+    #[arg(long)]
+    net: Option<String>,
     /// Write the Markdown report here as well as to stdout.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -150,17 +160,29 @@ fn main() -> anyhow::Result<()> {
         vec![1000, 10_000]
     };
 
-    let runs = 2 * 2 * WORKS.len() * chosen.len();
+    let works: Vec<Work> = WORKS
+        .into_iter()
+        .filter(|w| args.work.is_empty() || args.work.iter().any(|n| n == w.name()))
+        .collect();
+    let runtimes: Vec<(bool, &str)> = [(false, "current-thread"), (true, "multi-thread")]
+        .into_iter()
+        .filter(|(_, n)| args.runtime.as_deref().is_none_or(|r| r == *n))
+        .collect();
+    let nets: Vec<Net> = [Net::Unix, Net::Tcp]
+        .into_iter()
+        .filter(|n| args.net.as_deref().is_none_or(|r| r == n.name()))
+        .collect();
+    let runs = runtimes.len() * nets.len() * works.len() * chosen.len();
     let bar = ProgressBar::new(runs as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
-    for (multi, rt_name) in [(false, "current-thread"), (true, "multi-thread")] {
+    for &(multi, rt_name) in &runtimes {
         let rt = runtime(multi)?;
-        for net in [Net::Unix, Net::Tcp] {
-            for work in WORKS {
+        for &net in &nets {
+            for &work in &works {
                 for peer in &chosen {
                     bar.set_message(format!("{rt_name} {} {peer}: {}", net.name(), work.title()));
                     let sample = rt.block_on(run_one(peer, work, net, &opts));
@@ -185,7 +207,7 @@ fn main() -> anyhow::Result<()> {
 
     let rt = runtime(true)?;
     let mut idle_rows = Vec::new();
-    for &n in &idle_counts {
+    for &n in idle_counts.iter().filter(|n| **n > 0) {
         for peer in &chosen {
             let name = match peer.as_str() {
                 "capwire-msgpack" => "capwire",

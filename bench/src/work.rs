@@ -44,6 +44,19 @@ impl Work {
         }
     }
 
+    /// The name `--work` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Work::Unary => "unary",
+            Work::InFlight => "inflight",
+            Work::UnaryDelayed => "unary-delayed",
+            Work::Chain => "chain",
+            Work::ChainDelayed => "chain-delayed",
+            Work::Stream(n) if n >= 1024 => "stream64k",
+            Work::Stream(_) => "stream16",
+        }
+    }
+
     /// Whether its figures are latencies (else throughput).
     pub fn is_latency(self) -> bool {
         matches!(

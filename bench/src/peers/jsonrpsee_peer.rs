@@ -23,11 +23,7 @@ pub async fn server() -> anyhow::Result<(Endpoint, ServerHandle)> {
         .await?;
     let addr = server.local_addr()?;
     let mut module = RpcModule::new(());
-    module.register_method("echo", |params, _, _| {
-        params
-            .one::<String>()
-            .map_err(jsonrpsee::types::ErrorObjectOwned::from)
-    })?;
+    module.register_method("echo", |params, _, _| params.one::<String>())?;
     module.register_method("stage", |_, _, _| 1u64)?;
     module.register_method("next", |params, _, _| params.one::<u64>().map(|id| id + 1))?;
     module.register_method("value", |_, _, _| payload())?;
