@@ -14,12 +14,18 @@ use super::{
 };
 use crate::attestation::{Attestation, TransportKind, UnixPeer};
 
-/// How much the read buffer grows by when it is full.
+/// The most the read buffer grows by at once.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// What an empty read buffer starts with: an idle connection holds no more.
+const READ_START: usize = 1024;
 
 pub(super) struct StreamReader {
     io: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
+    /// How much to reserve next: doubles while reads fill the buffer,
+    /// halves (down to [`READ_START`]) when one does not.
+    chunk: usize,
     decoder: FrameDecoder,
     /// A spawned child lives as long as its reader (killed when dropped).
     _child: Option<Child>,
@@ -31,12 +37,19 @@ impl StreamReader {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
+                self.buf.reserve(self.chunk);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let room = self.buf.capacity() - self.buf.len();
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == 0 {
                 return Ok(self.decoder.decode_eof(&mut self.buf)?);
             }
+            self.chunk = if n == room {
+                (self.chunk * 2).min(READ_CHUNK)
+            } else {
+                (self.chunk / 2).max(READ_START)
+            };
         }
     }
 }
@@ -70,6 +83,7 @@ where
     let reader = StreamReader {
         io: Box::new(read),
         buf: BytesMut::new(),
+        chunk: READ_START,
         decoder: FrameDecoder::new(config.framing, config.max_frame_bytes),
         _child: child,
     };

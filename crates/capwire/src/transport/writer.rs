@@ -35,7 +35,8 @@ async fn run<W: AsyncWrite + Unpin>(
     max_frame_bytes: usize,
     max_batch_bytes: usize,
 ) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Grows with the batches; an idle connection holds what one needed.
+    let mut buf = BytesMut::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut closing = false;
@@ -64,7 +65,7 @@ async fn run<W: AsyncWrite + Unpin>(
             }
             buf.clear();
             if buf.capacity() > 4 * max_batch_bytes {
-                buf = BytesMut::with_capacity(8 * 1024);
+                buf = BytesMut::new();
             }
         }
         if let Err(e) = io.flush().await {
