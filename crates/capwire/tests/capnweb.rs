@@ -375,3 +375,40 @@ async fn an_unwanted_resolve_releases_what_it_introduced() {
     got.sort_by_key(|m| m[1].as_i64());
     assert_eq!(got, [json!(["release", -4, 1]), json!(["release", -3, 1])]);
 }
+
+/// A peer that keeps writing into a pipe nobody reads cannot make the
+/// session hold its chunks without bound: the pipe acknowledges its window,
+/// further writes wait, and past `MAX_IN_FLIGHT` waiting messages the
+/// session aborts.
+#[tokio::test]
+async fn writes_into_an_unread_pipe_are_bounded() {
+    use capwire::dialect::capnweb::MAX_IN_FLIGHT;
+    let (addr, _sessions, _h) = server().await;
+    let mut peer = Peer::connect(&addr).await;
+    peer.send(json!(["pipe"])).await;
+    let window = 16;
+    for _ in 0..window + MAX_IN_FLIGHT + 1 {
+        peer.send(json!(["stream", ["pipeline", 1, ["write"], ["chunk"]]]))
+            .await;
+    }
+    let mut acked = Vec::new();
+    let abort = loop {
+        let m = peer.recv().await.unwrap();
+        if m[0] == "resolve" {
+            acked.push(m[1].as_i64().unwrap());
+        } else {
+            break m;
+        }
+    };
+    // The pipe took id 1; its first `window` writes (ids 2..) were taken in.
+    assert_eq!(acked, (2..2 + window as i64).collect::<Vec<_>>());
+    assert_eq!(abort[0], "abort", "{abort}");
+    assert!(
+        abort[1][2]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_calls"),
+        "{abort}"
+    );
+    assert_eq!(peer.recv().await, Err(Some(3000)));
+}

@@ -40,6 +40,17 @@ pub const ABORT_CLOSE_CODE: u16 = 3000;
 /// would export one more capability is rejected.
 pub const MAX_EXPORTS: usize = 4096;
 
+/// `pull`s and `stream` messages of the peer's that may be unanswered at
+/// once (each holds a task, and a stream write its chunk): past it the
+/// session aborts, as a native session refuses calls past
+/// `max_concurrent_calls`.
+pub const MAX_IN_FLIGHT: usize = 16 * 1024;
+
+/// Messages waiting for room in the transport queue before the reader
+/// stops reading (a peer that sends without reading cannot make us buffer
+/// without bound).
+const MAX_BACKLOG: usize = 64;
+
 /// How long one HTTP batch may take to answer its pulls.
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -112,6 +123,8 @@ struct Inner {
     batch: bool,
     /// `pull`s not answered yet.
     pulls: AtomicUsize,
+    /// `pull`s and `stream` messages not answered yet (see [`MAX_IN_FLIGHT`]).
+    in_flight: AtomicUsize,
     pulled: Notify,
 }
 
@@ -165,6 +178,7 @@ impl CapnwebSession {
             closed: CancellationToken::new(),
             batch: attestation.transport == TransportKind::HttpBatch,
             pulls: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             pulled: Notify::new(),
         });
         tokio::spawn(read_loop(inner.clone(), receiver));
@@ -435,6 +449,19 @@ impl Inner {
         let (tx, rx) = oneshot::channel();
         st.waiting.insert(id, tx);
         Ok((id, rx))
+    }
+
+    /// Counts one more `pull` or `stream` message of the peer's in flight,
+    /// or refuses it past [`MAX_IN_FLIGHT`] (the session aborts).
+    fn take_in_flight(&self) -> Result<(), Status> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Status::limit(
+                capwire_proto::Reason::MAX_CONCURRENT_CALLS,
+                MAX_IN_FLIGHT as u64,
+            ));
+        }
+        Ok(())
     }
 
     /// Sends a message that takes our next positive id (`push`, `stream`,
@@ -923,7 +950,12 @@ impl Inner {
         mut items: crate::ItemStream,
     ) -> Result<Capability, Status> {
         use futures_util::StreamExt;
-        let marker: Arc<dyn Object> = Arc::new(PipeMarker);
+        // Stands for the pipe inside a value until the value is sent; its
+        // address is the key of `pipes`.
+        let marker: Arc<dyn Object> = Arc::new(crate::session::Failing(Status::new(
+            Code::Unimplemented,
+            "a capnweb ReadableStream has no methods",
+        )));
         let addr = Arc::as_ptr(&marker) as *const () as usize;
         let (pipe, _) = self.send_numbered(|_| json!(["pipe"])).await?;
         self.lock().pipes.insert(addr, pipe);
@@ -968,30 +1000,6 @@ impl Inner {
             me.lock().pipes.remove(&addr);
         });
         Ok(Capability::from_arc(marker))
-    }
-}
-
-/// Stands for a pipe inside a value, until the value is sent.
-struct PipeMarker;
-
-impl Object for PipeMarker {
-    fn call(
-        self: Arc<Self>,
-        _method: &str,
-        _args: Value,
-        _ctx: CallContext,
-    ) -> BoxFuture<'static, Result<Value, Status>> {
-        async {
-            Err(Status::new(
-                Code::Unimplemented,
-                "a capnweb ReadableStream has no methods",
-            ))
-        }
-        .boxed()
-    }
-
-    fn type_name(&self) -> &str {
-        "capnweb readable"
     }
 }
 
@@ -1117,6 +1125,13 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
             Ok(None) => return inner.end(Status::unavailable("the peer closed the connection")),
             Err(e) => return inner.end(Status::unavailable(format!("the connection failed: {e}"))),
         };
+        // A peer that does not read what it is sent is not read either.
+        if inner.sender.backlog() > MAX_BACKLOG {
+            tokio::select! {
+                _ = inner.sender.backlog_at_most(MAX_BACKLOG) => {}
+                _ = inner.closed.cancelled() => return,
+            }
+        }
         let message = match parse(&bytes) {
             Ok(m) => m,
             Err(status) => return inner.abort(status).await,
@@ -1158,6 +1173,7 @@ fn stream_message(inner: &Arc<Inner>, expr: &Json) -> Result<(), Status> {
         st.pushed += 1;
         (st.pushed, target)
     };
+    inner.take_in_flight()?;
     let me = inner.clone();
     // Inline until it waits: a sink queues each write in arrival order.
     crate::session::start_inline(async move {
@@ -1189,6 +1205,7 @@ fn stream_message(inner: &Arc<Inner>, expr: &Json) -> Result<(), Status> {
             Err(status) => json!(["reject", s, expr::encode_error(&status)]),
         };
         let _ = me.send(reply).await;
+        me.in_flight.fetch_sub(1, Ordering::AcqRel);
     });
     Ok(())
 }
@@ -1271,6 +1288,7 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
                 None => return Err(violation(format!("no such export ID: {id}"))),
             };
             let me = inner.clone();
+            inner.take_in_flight()?;
             inner.pulls.fetch_add(1, Ordering::AcqRel);
             crate::session::start_inline(async move {
                 let value = match outcome.await {
@@ -1283,6 +1301,7 @@ async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Status> {
                 };
                 let _ = me.send(reply).await;
                 me.pulls.fetch_sub(1, Ordering::AcqRel);
+                me.in_flight.fetch_sub(1, Ordering::AcqRel);
                 me.pulled.notify_waiters();
             });
             Ok(())
