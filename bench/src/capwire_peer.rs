@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use crate::measure::{self, Sample};
 use crate::net::{self, Endpoint, Net};
-use crate::work::{payload, Opts, Work, DELAY, DEPTH};
+use crate::work::{payload, Opts, Work, DEPTH};
 
 /// The service every peer implements.
 #[capwire::interface(name = "bench", version = "1.0")]
@@ -104,10 +104,7 @@ pub async fn run(
     codec: Codec,
     opts: &Opts,
 ) -> anyhow::Result<Option<Sample>> {
-    let mut ep = server(net, codec).await?;
-    if matches!(work, Work::UnaryDelayed | Work::ChainDelayed) {
-        ep = net::delay_proxy(net, ep, DELAY).await?;
-    }
+    let ep = work.endpoint(net, server(net, codec).await?).await?;
     let (session, api) = client(&ep, codec).await?;
     let arg = payload();
     let sample = match work {

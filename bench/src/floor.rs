@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::measure::{self, Sample};
 use crate::net::{self, Endpoint, Io, Listener, Net};
-use crate::work::{Opts, Work, DELAY, DEPTH, UNARY_BYTES};
+use crate::work::{Opts, Work, DEPTH, UNARY_BYTES};
 
 async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let len = r.read_u32().await? as usize;
@@ -75,11 +75,7 @@ pub async fn run(work: Work, net: Net, opts: &Opts) -> anyhow::Result<Option<Sam
     let ep = server(net).await?;
     Ok(Some(match work {
         Work::Unary | Work::UnaryDelayed => {
-            let ep = if work == Work::UnaryDelayed {
-                net::delay_proxy(net, ep, DELAY).await?
-            } else {
-                ep
-            };
+            let ep = work.endpoint(net, ep).await?;
             let io = net::connect(&ep).await?;
             let (r, w) = tokio::io::split(io);
             let mut r = BufReader::new(r);

@@ -57,6 +57,25 @@ impl Work {
         }
     }
 
+    /// Whether it runs through the delay proxy.
+    pub fn is_delayed(self) -> bool {
+        matches!(self, Work::UnaryDelayed | Work::ChainDelayed)
+    }
+
+    /// Where a client connects for this workload: `ep` itself, or a proxy
+    /// in front of it adding [`DELAY`] each way.
+    pub async fn endpoint(
+        self,
+        net: crate::net::Net,
+        ep: crate::net::Endpoint,
+    ) -> anyhow::Result<crate::net::Endpoint> {
+        if self.is_delayed() {
+            crate::net::delay_proxy(net, ep, DELAY).await
+        } else {
+            Ok(ep)
+        }
+    }
+
     /// Whether its figures are latencies (else throughput).
     pub fn is_latency(self) -> bool {
         matches!(

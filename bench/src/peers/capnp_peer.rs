@@ -14,7 +14,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use crate::bench_capnp::{bench, sink, stage};
 use crate::measure::{self, Sample};
 use crate::net::{self, Endpoint, Io, Listener, Net};
-use crate::work::{payload, Opts, Work, DELAY, DEPTH};
+use crate::work::{payload, Opts, Work, DEPTH};
 
 /// Items the server's stream keeps unacknowledged.
 const WINDOW: usize = 32;
@@ -149,10 +149,7 @@ pub async fn run(work: Work, net: Net, opts: &Opts) -> anyhow::Result<Option<Sam
 }
 
 async fn run_local(work: Work, net: Net, opts: Opts) -> anyhow::Result<Option<Sample>> {
-    let mut ep = server(net).await?;
-    if matches!(work, Work::UnaryDelayed | Work::ChainDelayed) {
-        ep = net::delay_proxy(net, ep, DELAY).await?;
-    }
+    let ep = work.endpoint(net, server(net).await?).await?;
     let api = client(&ep).await?;
     let arg = payload();
     let echo = || {

@@ -8,8 +8,8 @@ use jsonrpsee::server::{RpcModule, Server, ServerHandle};
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 
 use crate::measure::{self, Sample};
-use crate::net::{self, Endpoint, Net};
-use crate::work::{payload, Opts, Work, DELAY, DEPTH};
+use crate::net::{Endpoint, Net};
+use crate::work::{payload, Opts, Work, DEPTH};
 
 /// Starts a server on 127.0.0.1; its endpoint and handle (the server stops
 /// when the handle is stopped).
@@ -62,10 +62,8 @@ pub async fn run(work: Work, net: Net, opts: &Opts) -> anyhow::Result<Option<Sam
     if net != Net::Tcp {
         return Ok(None);
     }
-    let (mut ep, handle) = server().await?;
-    if matches!(work, Work::UnaryDelayed | Work::ChainDelayed) {
-        ep = net::delay_proxy(net, ep, DELAY).await?;
-    }
+    let (ep, handle) = server().await?;
+    let ep = work.endpoint(net, ep).await?;
     let client = client(&ep).await?;
     let arg = payload();
     let sample = match work {

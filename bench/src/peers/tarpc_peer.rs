@@ -10,7 +10,7 @@ use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
 
 use crate::measure::{self, Sample};
 use crate::net::{self, Endpoint, Io, Listener, Net};
-use crate::work::{payload, Opts, Work, DELAY, DEPTH};
+use crate::work::{payload, Opts, Work, DEPTH};
 
 /// The service.
 #[tarpc::service]
@@ -76,10 +76,7 @@ pub async fn client(ep: &Endpoint) -> anyhow::Result<TarpcBenchClient> {
 
 /// Runs `work`.
 pub async fn run(work: Work, net: Net, opts: &Opts) -> anyhow::Result<Option<Sample>> {
-    let mut ep = server(net).await?;
-    if matches!(work, Work::UnaryDelayed | Work::ChainDelayed) {
-        ep = net::delay_proxy(net, ep, DELAY).await?;
-    }
+    let ep = work.endpoint(net, server(net).await?).await?;
     let client = client(&ep).await?;
     let arg = payload();
     Ok(Some(match work {

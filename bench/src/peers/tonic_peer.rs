@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::measure::{self, Sample};
 use crate::net::{self, Endpoint, Net};
-use crate::work::{payload, Opts, Work, DELAY, DEPTH};
+use crate::work::{payload, Opts, Work, DEPTH};
 
 /// Code generated from `proto/bench.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -109,10 +109,7 @@ pub async fn client(ep: &Endpoint) -> anyhow::Result<BenchClient<Channel>> {
 
 /// Runs `work`.
 pub async fn run(work: Work, net: Net, opts: &Opts) -> anyhow::Result<Option<Sample>> {
-    let mut ep = server(net).await?;
-    if matches!(work, Work::UnaryDelayed | Work::ChainDelayed) {
-        ep = net::delay_proxy(net, ep, DELAY).await?;
-    }
+    let ep = work.endpoint(net, server(net).await?).await?;
     let client = client(&ep).await?;
     let arg = payload();
     Ok(Some(match work {
