@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Frame;
@@ -119,6 +119,19 @@ pub fn decode(frame: &[u8]) -> Result<(Frame, Codec), DecodeError> {
     decode_as(codec, frame).map(|f| (f, codec))
 }
 
+/// Decodes one frame held in `Bytes`, detecting its codec. The same as
+/// [`decode`], but a MessagePack frame's payloads share `frame`'s memory
+/// instead of being copied out of it.
+pub fn decode_bytes(frame: &Bytes) -> Result<(Frame, Codec), DecodeError> {
+    let codec = Codec::detect(frame)?;
+    if codec == Codec::Msgpack {
+        if let Some(f) = crate::direct::decode(frame) {
+            return Ok((f, codec));
+        }
+    }
+    decode_as(codec, frame).map(|f| (f, codec))
+}
+
 /// Decodes one frame known to be in `codec`.
 pub fn decode_as(codec: Codec, frame: &[u8]) -> Result<Frame, DecodeError> {
     match codec {
@@ -149,9 +162,30 @@ pub fn decode_as(codec: Codec, frame: &[u8]) -> Result<Frame, DecodeError> {
 
 /// Encodes one frame.
 pub fn encode(frame: &Frame, codec: Codec) -> Result<Vec<u8>, EncodeError> {
-    let mut out = BytesMut::new();
+    encode_bytes(frame, codec).map(Vec::from)
+}
+
+/// Encodes one frame into `Bytes`, without copying it out of the buffer it
+/// was written to.
+pub fn encode_bytes(frame: &Frame, codec: Codec) -> Result<Bytes, EncodeError> {
+    let mut out = BytesMut::with_capacity(size_hint(frame));
     encode_into(frame, codec, &mut out)?;
-    Ok(out.to_vec())
+    Ok(out.freeze())
+}
+
+/// Room for a frame: its payload plus what the fields of a busy frame take,
+/// so that most frames are written without growing the buffer.
+fn size_hint(frame: &Frame) -> usize {
+    let payload = match frame {
+        Frame::Call(c) => c.args.len(),
+        Frame::Result(r) => match &r.outcome {
+            crate::frame::Outcome::Ok { value, .. } => value.len(),
+            crate::frame::Outcome::Err(_) => 64,
+        },
+        Frame::Item(i) => i.value.len(),
+        _ => 0,
+    };
+    payload + 96
 }
 
 /// Appends the encoding of `frame` to `out`. On error `out` is left as it was.
@@ -161,6 +195,7 @@ pub fn encode_into(frame: &Frame, codec: Codec, out: &mut BytesMut) -> Result<()
         Codec::Json => {
             serde_json::to_writer((&mut *out).writer(), frame).map_err(EncodeError::from)
         }
+        Codec::Msgpack if crate::direct::encode(frame, out) => Ok(()),
         Codec::Msgpack => {
             let mut ser = rmp_serde::Serializer::new((&mut *out).writer()).with_struct_map();
             frame.serialize(&mut ser).map_err(EncodeError::from)

@@ -7,7 +7,23 @@ impl Payload {
     /// (a scalar has depth 0, `[1]` depth 1). Malformed input is left to the
     /// decoder to report and counts as not too deep.
     pub fn exceeds_depth(&self, limit: usize) -> bool {
+        // Each level takes at least a byte, so a short value cannot be too
+        // deep, and one that does not start with an array or a map is a
+        // scalar: most payloads on the call path end here without a scan.
+        if self.len() <= limit {
+            return false;
+        }
         match self {
+            Payload::Msgpack(bytes)
+                if !matches!(bytes.first(), Some(0x80..=0x9f | 0xdc..=0xdf)) =>
+            {
+                false
+            }
+            Payload::Json(raw)
+                if !matches!(raw.get().trim_start().as_bytes().first(), Some(b'[' | b'{')) =>
+            {
+                false
+            }
             Payload::Json(raw) => json_exceeds(raw.get().as_bytes(), limit),
             Payload::Msgpack(bytes) => msgpack_exceeds(bytes, limit),
         }

@@ -35,6 +35,7 @@
 pub mod codec;
 mod depth;
 mod details;
+mod direct;
 pub mod frame;
 pub mod framing;
 mod path;

@@ -1,13 +1,14 @@
 //! The answer table: calls the peer made that this side is running, and
 //! kept answers it may still pipeline on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use capwire_proto::{Code, PathSeg, Status};
 use tokio_util::sync::CancellationToken;
 
 use super::flow::Credit;
+use super::id_map::IdMap;
 use super::pipeline::{self, Queued};
 use crate::capability::Capability;
 use crate::value::Value;
@@ -66,7 +67,7 @@ pub(crate) struct StoppedQueued {
 
 #[derive(Default)]
 pub(crate) struct Answers {
-    entries: HashMap<u64, Answer>,
+    entries: IdMap<Answer>,
     next_serial: u64,
     /// Calls and promises queued on unsettled answers, over all of them.
     pending_pipelined: usize,

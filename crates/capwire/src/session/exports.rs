@@ -1,10 +1,10 @@
 //! The export table: objects this side hosts and has handed to the peer.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use capwire_proto::{CapDescriptor, Reason, Status, FIRST_EXPORT_CAP};
 
+use super::id_map::IdMap;
 use crate::object::Object;
 
 pub(crate) struct Export {
@@ -17,18 +17,18 @@ pub(crate) struct Export {
 
 #[derive(Default)]
 pub(crate) struct Exports {
-    entries: HashMap<u64, Export>,
+    entries: IdMap<Export>,
     /// Revoked ids -> introductions the peer has not released yet. The object
     /// is gone; the count stays until the peer's releases bring it to 0, so a
     /// release that crossed the `revoked` frame is not a violation ([S23]).
-    revoked: HashMap<u64, u64>,
+    revoked: IdMap<u64>,
     /// Object address -> id, so an object exported twice keeps one id.
-    by_object: HashMap<usize, u64>,
+    by_object: IdMap<u64>,
     next: u64,
 }
 
-fn key(object: &Arc<dyn Object>) -> usize {
-    Arc::as_ptr(object) as *const () as usize
+fn key(object: &Arc<dyn Object>) -> u64 {
+    Arc::as_ptr(object) as *const () as usize as u64
 }
 
 impl Exports {

@@ -1,8 +1,9 @@
 //! The import table: the peer's objects this side holds handles to.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
+use super::id_map::{IdMap, IdSet};
 use crate::capability::RemoteCap;
 
 struct Import {
@@ -15,7 +16,7 @@ struct Import {
 
 #[derive(Default)]
 pub(crate) struct Imports {
-    entries: HashMap<u64, Import>,
+    entries: IdMap<Import>,
     next_serial: u64,
 }
 
@@ -81,7 +82,7 @@ impl Imports {
 /// Bounded: the oldest are forgotten first.
 pub(crate) struct RevokedIds {
     order: VecDeque<u64>,
-    set: HashSet<u64>,
+    set: IdSet,
     max: usize,
 }
 
@@ -89,7 +90,7 @@ impl RevokedIds {
     pub(crate) fn new(max: usize) -> RevokedIds {
         RevokedIds {
             order: VecDeque::new(),
-            set: HashSet::new(),
+            set: IdSet::default(),
             max,
         }
     }

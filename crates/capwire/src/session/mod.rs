@@ -8,6 +8,7 @@
 mod answers;
 mod exports;
 mod flow;
+mod id_map;
 mod imports;
 mod pipeline;
 mod questions;
@@ -502,11 +503,9 @@ impl Shared {
 
     /// Encodes `frame`, refusing one over the frame limit: it is never sent.
     fn encode(&self, frame: &Frame) -> Result<Bytes, Status> {
-        let bytes = codec::encode(frame, self.codec)
-            .map(Bytes::from)
-            .map_err(|e| {
-                Status::new(Code::Internal, format!("cannot encode {}: {e}", frame.op()))
-            })?;
+        let bytes = codec::encode_bytes(frame, self.codec).map_err(|e| {
+            Status::new(Code::Internal, format!("cannot encode {}: {e}", frame.op()))
+        })?;
         let limit = self.frame_limit();
         if bytes.len() > limit {
             return Err(Status::limit(Reason::MAX_FRAME_BYTES, limit as u64)
@@ -2005,7 +2004,7 @@ async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
             .counters
             .bytes_in
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let frame = match codec::decode(&bytes) {
+        let frame = match codec::decode_bytes(&bytes) {
             Ok((frame, _)) => frame,
             Err(e) => {
                 shared.fail(Status::protocol_violation(e.to_string())).await;

@@ -1,11 +1,10 @@
 //! The question table: calls this side made and has not had answered.
 
-use std::collections::HashMap;
-
 use capwire_proto::Status;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::id_map::IdMap;
 use crate::value::Value;
 
 /// What a question's caller is told when it is answered.
@@ -62,7 +61,7 @@ impl Question {
 
 #[derive(Default)]
 pub(crate) struct Questions {
-    entries: HashMap<u64, Question>,
+    entries: IdMap<Question>,
     next: u64,
 }
 
