@@ -213,6 +213,24 @@ pub(crate) enum Destination {
 }
 
 impl Capability {
+    /// [`Capability::destination`] for the capabilities that need no
+    /// waiting (an import, a local object), without a boxed future.
+    pub(crate) fn destination_now(&self) -> Option<Result<Destination, Status>> {
+        match &self.kind {
+            CapKind::Remote(remote) => Some(
+                remote
+                    .session
+                    .upgrade()
+                    .map(|shared| Destination::Wire(shared, WireTarget::Cap(remote.id)))
+                    .ok_or_else(|| Status::unavailable("the connection is closed")),
+            ),
+            CapKind::Local(object) | CapKind::Served { object, .. } => {
+                Some(Ok(Destination::Local(object.clone())))
+            }
+            CapKind::Promised(..) | CapKind::Answer(_) => None,
+        }
+    }
+
     /// Where calls on this capability go. Waits only for promises that are
     /// resolved here (a local call's result, an answer this side owes the
     /// peer); a promise on a connection is sent, kept, and addressed there.

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use capwire_proto::{Code, Status};
 use serde::Serialize;
 
@@ -39,7 +41,8 @@ pub enum Event {
         method: String,
         /// The question id.
         id: u64,
-        /// How long it took.
+        /// How long it took (zero for a call that began before anyone
+        /// subscribed: an unobserved call does not read the clock).
         duration: Duration,
         /// How it ended.
         outcome: Code,
@@ -54,7 +57,8 @@ pub enum Event {
         method: String,
         /// The question id.
         id: u64,
-        /// How long it was open.
+        /// How long it was open (zero for a stream that began before anyone
+        /// subscribed).
         duration: Duration,
         /// How it ended.
         outcome: Code,
@@ -76,6 +80,24 @@ pub enum Event {
         /// Why.
         status: Status,
     },
+}
+
+/// When an observed call or stream began. The clock is read only while
+/// someone subscribes to events, their only consumer: an unobserved call
+/// costs no clock reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started(Option<Instant>);
+
+impl Started {
+    /// Now, if `observed`.
+    pub(crate) fn now_if(observed: bool) -> Started {
+        Started(observed.then(Instant::now))
+    }
+
+    /// Time since it began; zero when it was not observed.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.0.map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }
 
 /// A snapshot of a session's counters.

@@ -185,7 +185,11 @@ impl PendingCall {
                 scope,
             } = self;
             // `target` (and so any answer it names) lives until this returns.
-            match target.destination().await? {
+            let destination = match target.destination_now() {
+                Some(d) => d,
+                None => target.destination().await,
+            };
+            match destination? {
                 Destination::Wire(shared, to) => {
                     shared.call_plain(&to, &method, args, deadline, scope).await
                 }

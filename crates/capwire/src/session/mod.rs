@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use crate::attestation::Attestation;
 use crate::capability::{CapKind, Capability, RemoteCap};
-use crate::events::{Counters, Direction, Event, Stats};
+use crate::events::{Counters, Direction, Event, Started, Stats};
 use crate::object::{CallContext, Object};
 use crate::policy::{self, BootstrapRequest, Policy};
 use crate::promise::{KeptQuestion, Sent};
@@ -427,26 +427,26 @@ impl Session {
 /// The caller's end of one question: sends `cancel` if the caller stops
 /// waiting before the answer arrived, and records the outcome exactly once
 /// (a dropped call future counts as `cancelled`).
-struct QuestionGuard {
-    shared: Arc<Shared>,
+struct QuestionGuard<'a> {
+    shared: &'a Shared,
     id: u64,
     cap: u64,
-    method: String,
-    started: Instant,
+    method: &'a str,
+    started: Started,
     /// The question is in the table and the peer may be running it.
     pending: bool,
     /// The outcome is in the counters and was emitted.
     recorded: bool,
 }
 
-impl QuestionGuard {
+impl QuestionGuard<'_> {
     fn record(&mut self, outcome: Code) {
         self.recorded = true;
         self.shared.counters.call_done(outcome);
-        self.shared.emit(Event::Call {
+        self.shared.emit_with(|| Event::Call {
             direction: Direction::Outgoing,
             cap: self.cap,
-            method: std::mem::take(&mut self.method),
+            method: self.method.to_owned(),
             id: self.id,
             duration: self.started.elapsed(),
             outcome,
@@ -454,7 +454,7 @@ impl QuestionGuard {
     }
 }
 
-impl Drop for QuestionGuard {
+impl Drop for QuestionGuard<'_> {
     fn drop(&mut self) {
         if self.pending && self.shared.lock().questions.remove(self.id).is_some() {
             self.shared
@@ -486,11 +486,26 @@ impl Shared {
     }
 
     fn emit(&self, event: Event) {
+        self.emit_with(|| event);
+    }
+
+    /// Emits the event `make` builds, building it only if someone listens.
+    fn emit_with(&self, make: impl FnOnce() -> Event) {
         if let Some(events) = self.events.get() {
             if events.receiver_count() > 0 {
-                let _ = events.send(event);
+                let _ = events.send(make());
             }
         }
+    }
+
+    /// True while someone subscribes to events.
+    fn observed(&self) -> bool {
+        self.events.get().is_some_and(|e| e.receiver_count() > 0)
+    }
+
+    /// When something observed begins (see [`Started`]).
+    fn started(&self) -> Started {
+        Started::now_if(self.observed())
     }
 
     /// The largest frame this side may send: its own limit, or the peer's
@@ -524,16 +539,36 @@ impl Shared {
     async fn send(&self, frame: Frame) -> Result<(), Status> {
         let bytes = self.encode(&frame)?;
         let len = bytes.len();
-        self.sender.send(bytes).await.map_err(|e| match e {
+        self.sender
+            .send(bytes)
+            .await
+            .map_err(|e| self.send_status(e))?;
+        self.count_out(len);
+        Ok(())
+    }
+
+    /// Sends without waiting, like [`Shared::send_nowait`], but tells why a
+    /// frame could not be sent. For the reader's own answers: the reader
+    /// bounds the backlog between frames (`backpressure`).
+    fn send_queued(&self, frame: &Frame) -> Result<(), Status> {
+        let bytes = self.encode(frame)?;
+        let len = bytes.len();
+        self.sender
+            .send_now(bytes)
+            .map_err(|e| self.send_status(e))?;
+        self.count_out(len);
+        Ok(())
+    }
+
+    fn send_status(&self, error: TransportError) -> Status {
+        match error {
             // `encode` checked the size already; kept for a transport that disagrees.
             TransportError::Framing(fe) => {
                 Status::limit(Reason::MAX_FRAME_BYTES, self.frame_limit() as u64)
                     .with_details(serde_json::json!({ "error": fe.to_string() }))
             }
             other => Status::unavailable(format!("cannot send: {other}")),
-        })?;
-        self.count_out(len);
-        Ok(())
+        }
     }
 
     /// Sends from code that cannot wait (drops, the reader): the frame goes
@@ -619,23 +654,25 @@ impl Shared {
         let cap = cap.unwrap_or(u64::MAX);
         let duration = meta.started.elapsed();
         let method = meta.method;
-        self.emit(if stream {
-            Event::Stream {
-                direction: Direction::Outgoing,
-                cap,
-                method,
-                id,
-                duration,
-                outcome,
-            }
-        } else {
-            Event::Call {
-                direction: Direction::Outgoing,
-                cap,
-                method,
-                id,
-                duration,
-                outcome,
+        self.emit_with(|| {
+            if stream {
+                Event::Stream {
+                    direction: Direction::Outgoing,
+                    cap,
+                    method,
+                    id,
+                    duration,
+                    outcome,
+                }
+            } else {
+                Event::Call {
+                    direction: Direction::Outgoing,
+                    cap,
+                    method,
+                    id,
+                    duration,
+                    outcome,
+                }
             }
         });
     }
@@ -928,8 +965,10 @@ impl Shared {
         deadline: Option<Instant>,
         scope: Option<CallScope>,
     ) -> Result<Value, Status> {
-        let started = Instant::now();
-        self.send_arg_promises(&args).await;
+        let started = self.started();
+        if !args.caps.is_empty() {
+            self.send_arg_promises(&args).await;
+        }
         let (tx, reply) = oneshot::channel();
         let parent = scope.as_ref().map(|s| s.answer);
         let cap = target.cap();
@@ -944,25 +983,31 @@ impl Shared {
             None,
         )?;
         let mut guard = QuestionGuard {
-            shared: self.clone(),
+            shared: self,
             id,
             cap: cap.unwrap_or(u64::MAX),
-            method: method.to_owned(),
+            method,
             started,
             pending: true,
             recorded: false,
         };
-        let span = tracing::debug_span!("call", cap, method, id);
+        let closed = || Status::unavailable("the connection closed");
         let outcome = async {
             if let Err(status) = self.send_question(id, frame).await {
                 guard.pending = false;
                 return Err(status);
             }
             let parent = scope.map(|s| s.cancel);
+            if deadline.is_none() && parent.is_none() {
+                // Nothing else can end the wait.
+                let r = reply.await;
+                guard.pending = false;
+                return r.unwrap_or_else(|_| Err(closed()));
+            }
             tokio::select! {
                 r = reply => {
                     guard.pending = false;
-                    r.unwrap_or_else(|_| Err(Status::unavailable("the connection closed")))
+                    r.unwrap_or_else(|_| Err(closed()))
                 }
                 _ = sleep_until(deadline) => Err(Status::new(
                     Code::DeadlineExceeded,
@@ -971,7 +1016,6 @@ impl Shared {
                 _ = cancelled(parent) => Err(Status::new(Code::Cancelled, "the parent call was cancelled")),
             }
         }
-        .instrument(span)
         .await;
         guard.record(outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok));
         // Still pending after a deadline or a cancelled parent: this sends `cancel`.
@@ -993,11 +1037,13 @@ impl Shared {
         scope: Option<CallScope>,
         target_handle: Capability,
     ) -> Result<Arc<KeptQuestion>, Status> {
-        self.send_arg_promises(&args).await;
+        if !args.caps.is_empty() {
+            self.send_arg_promises(&args).await;
+        }
         let (tx, rx) = watch::channel(None);
         let meta = Meta {
             method: method.to_owned(),
-            started: Instant::now(),
+            started: self.started(),
         };
         let parent = scope.as_ref().map(|s| s.answer);
         let (id, frame) = self.prepare(
@@ -1039,7 +1085,7 @@ impl Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let meta = Meta {
             method: method.to_owned(),
-            started: Instant::now(),
+            started: self.started(),
         };
         let parent = scope.as_ref().map(|s| s.answer);
         let reply = Reply::Stream {
@@ -1135,14 +1181,18 @@ impl Shared {
     fn handle_result(self: &Arc<Self>, result: CallResult) -> Result<(), Status> {
         let max_depth = self.config.limits.max_depth;
         let mut st = self.lock();
-        if st.questions.is_stream(result.id) == Some(true) {
-            // Left in the table: the session's end fails it with the reason.
-            return Err(Status::protocol_violation(format!(
-                "`result` for question {}, which is a stream",
-                result.id
-            )));
-        }
-        let Some(question) = st.questions.remove(result.id) else {
+        let question = match st.questions.remove(result.id) {
+            Some(q) if matches!(q.reply, Reply::Stream { .. }) => {
+                // Put back: the session's end fails it with the reason.
+                st.questions.restore(result.id, q);
+                return Err(Status::protocol_violation(format!(
+                    "`result` for question {}, which is a stream",
+                    result.id
+                )));
+            }
+            q => q,
+        };
+        let Some(question) = question else {
             // A result for a question we stopped waiting on (cancelled, timed
             // out, finished) is dropped ([S19]); what it introduced goes back.
             drop(st);
@@ -1338,8 +1388,8 @@ impl Shared {
             self.reject(id, is_stream, status);
             return Ok(());
         }
-        let started = Instant::now();
-        let deadline = deadline_ms.map(|ms| started + Duration::from_millis(ms));
+        let started = self.started();
+        let deadline = deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut st = self.lock();
         if st.answers.contains(id) {
             // Reusing a live question id ([S12]); answering it would cross
@@ -1466,6 +1516,74 @@ impl Shared {
     /// calls start in the order they arrived (E-order) and a handler that
     /// does not wait is answered without a task switch; then as a task.
     fn start_answer(self: &Arc<Self>, start: StartAnswer, object: Option<Arc<dyn Object>>) {
+        match object {
+            Some(object) if start.credit.is_none() => self.start_call(start, object),
+            object => self.start_other(start, object),
+        }
+    }
+
+    /// A call on an object: the handler's future is polled once here, in
+    /// the call's scope. One that completes is answered on the spot, with no
+    /// task, box or timer beyond the handler's own (DESIGN §6); one that
+    /// waits becomes a task, supervised for cancellation and its deadline.
+    fn start_call(self: &Arc<Self>, start: StartAnswer, object: Arc<dyn Object>) {
+        let StartAnswer {
+            id,
+            cap,
+            method,
+            args,
+            deadline,
+            cancel,
+            started,
+            ..
+        } = start;
+        let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
+        let stop_at = if object.is_idempotent(&method) {
+            None
+        } else {
+            deadline.map(|d| d + self.config.deadline_grace)
+        };
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let first = SCOPE.sync_scope(scope.clone(), || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut fut = object.call(&method, args, ctx);
+                match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(result) => Ok(result),
+                    Poll::Pending => Err(fut),
+                }
+            }))
+        });
+        let fut = match first {
+            Ok(Ok(result)) => return self.finish_answer_now(id, cap, &method, started, result),
+            Err(_panic) => {
+                let result = Err(handler_panicked(&method));
+                return self.finish_answer_now(id, cap, &method, started, result);
+            }
+            Ok(Err(fut)) => fut,
+        };
+        // It waits: the task polls it again first thing, which registers the
+        // task's waker in place of the no-op one of the first poll.
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let run = {
+                let method = method.clone();
+                SCOPE.scope(
+                    scope,
+                    AssertUnwindSafe(fut)
+                        .catch_unwind()
+                        .map(move |r| r.unwrap_or_else(|_| Err(handler_panicked(&method)))),
+                )
+            };
+            let result = supervise(run, &method, stop_at, &cancel).await;
+            shared
+                .finish_answer(id, cap, &method, started, result)
+                .await;
+        });
+    }
+
+    /// Streams, and calls on the bootstrap object (`object` is `None`): the
+    /// whole answer as one future, started inline.
+    fn start_other(self: &Arc<Self>, start: StartAnswer, object: Option<Arc<dyn Object>>) {
         let shared = self.clone();
         let span =
             tracing::debug_span!("answer", cap = start.cap, method = %start.method, id = start.id);
@@ -1483,14 +1601,9 @@ impl Shared {
                 started,
                 ..
             } = start;
-            let result = match object {
-                None => shared.run_bootstrap(&method, args, deadline, cancel).await,
-                Some(object) => {
-                    shared
-                        .run_handler(object, id, &method, args, deadline, cancel)
-                        .await
-                }
-            };
+            // `start_answer` sends calls on objects to `start_call`.
+            debug_assert!(object.is_none());
+            let result = shared.run_bootstrap(&method, args, deadline, cancel).await;
             shared
                 .finish_answer(id, cap, &method, started, result)
                 .await;
@@ -1563,29 +1676,6 @@ impl Shared {
         (ctx, scope)
     }
 
-    /// Runs a handler with its cancellation, deadline and call scope.
-    /// `None` means it was stopped; the answer entry says why.
-    async fn run_handler(
-        self: &Arc<Self>,
-        object: Arc<dyn Object>,
-        id: u64,
-        method: &str,
-        args: Value,
-        deadline: Option<Instant>,
-        cancel: CancellationToken,
-    ) -> Option<Result<Value, Status>> {
-        let idempotent = object.is_idempotent(method);
-        let (ctx, scope) = self.call_context(id, method, deadline, &cancel);
-        let name = method.to_owned();
-        let run = guarded(scope, method, move || object.call(&name, args, ctx));
-        let stop_at = if idempotent {
-            None
-        } else {
-            deadline.map(|d| d + self.config.deadline_grace)
-        };
-        supervise(run, method, stop_at, &cancel).await
-    }
-
     async fn run_bootstrap(
         self: &Arc<Self>,
         method: &str,
@@ -1645,30 +1735,63 @@ impl Shared {
         }))
     }
 
+    /// Sends the result of answer `id` and retires it, waiting for room in
+    /// the transport queue (a handler task).
     async fn finish_answer(
         self: &Arc<Self>,
         id: u64,
         cap: Option<u64>,
         method: &str,
-        started: Instant,
+        started: Started,
         result: Option<Result<Value, Status>>,
     ) {
-        let (outcome, sent_caps, mut code, mut kept) = {
-            let mut st = self.lock();
-            let Some(stopped) = st.answers.stopped(id) else {
-                return;
-            };
-            let result = match result {
+        let Some(answered) = self.answered(id, result) else {
+            return;
+        };
+        let sent = self.send(answered.frame.clone()).await;
+        self.retire_answer(id, cap, method, started, answered, sent);
+    }
+
+    /// [`Shared::finish_answer`] for an answer computed on the reader: the
+    /// result is queued without waiting (the reader bounds the backlog).
+    fn finish_answer_now(
+        self: &Arc<Self>,
+        id: u64,
+        cap: Option<u64>,
+        method: &str,
+        started: Started,
+        result: Result<Value, Status>,
+    ) {
+        let Some(answered) = self.answered(id, Some(result)) else {
+            return;
+        };
+        let sent = self.send_queued(&answered.frame);
+        self.retire_answer(id, cap, method, started, answered, sent);
+    }
+
+    /// The `result` frame for answer `id`, with the capabilities it
+    /// introduces; `None` when nothing is to be sent (the session ended, or
+    /// the answer is gone).
+    fn answered(
+        self: &Arc<Self>,
+        id: u64,
+        result: Option<Result<Value, Status>>,
+    ) -> Option<Answered> {
+        let mut st = self.lock();
+        let stopped = st.answers.stopped(id)?;
+        let result =
+            match result {
                 Some(r) => r,
                 None => Err(stopped
                     .unwrap_or_else(|| Status::new(Code::Cancelled, "the call was cancelled"))),
             };
-            if st.ended.is_some() {
-                st.answers.remove(id);
-                return;
-            }
-            // A kept answer keeps what the handler returned, for pipelining.
-            let mut kept = st.answers.is_kept(id).then(|| result.clone());
+        if st.ended.is_some() {
+            st.answers.remove(id);
+            return None;
+        }
+        // A kept answer keeps what the handler returned, for pipelining.
+        let mut kept = st.answers.is_kept(id).then(|| result.clone());
+        let (outcome, sent_caps, code) =
             match result.and_then(|value| self.describe_value(&mut st, &value)) {
                 Ok((value, caps)) => (
                     Outcome::Ok {
@@ -1677,18 +1800,41 @@ impl Shared {
                     },
                     caps,
                     Code::Ok,
-                    kept,
                 ),
                 Err(status) => {
                     let code = status.code;
                     if let Some(k) = kept.as_mut() {
                         *k = Err(status.clone());
                     }
-                    (Outcome::Err(status), Vec::new(), code, kept)
+                    (Outcome::Err(status), Vec::new(), code)
                 }
-            }
-        };
-        if let Err(status) = self.send(Frame::Result(CallResult { id, outcome })).await {
+            };
+        Some(Answered {
+            frame: Frame::Result(CallResult { id, outcome }),
+            sent_caps,
+            code,
+            kept,
+        })
+    }
+
+    /// After the result was sent (or could not be): settles a kept answer,
+    /// frees a plain one, counts and reports the call.
+    fn retire_answer(
+        self: &Arc<Self>,
+        id: u64,
+        cap: Option<u64>,
+        method: &str,
+        started: Started,
+        answered: Answered,
+        sent: Result<(), Status>,
+    ) {
+        let Answered {
+            sent_caps,
+            mut code,
+            mut kept,
+            ..
+        } = answered;
+        if let Err(status) = sent {
             // Typically a result over a frame limit ([S2]): the caller gets
             // that error instead, and the introductions it carried are taken back.
             self.lock().exports.unsend(&sent_caps);
@@ -1711,7 +1857,7 @@ impl Shared {
         }
         self.settled.notify_waiters();
         self.counters.call_done(code);
-        self.emit(Event::Call {
+        self.emit_with(|| Event::Call {
             direction: Direction::Incoming,
             cap: cap.unwrap_or(u64::MAX),
             method: method.to_owned(),
@@ -1862,8 +2008,18 @@ pub(crate) struct StartAnswer {
     args: Value,
     deadline: Option<Instant>,
     cancel: CancellationToken,
-    started: Instant,
+    started: Started,
     credit: Option<Arc<Credit>>,
+}
+
+/// A `result` ready to go out, and what to do once it went.
+struct Answered {
+    frame: Frame,
+    /// The introductions it carries, taken back if it cannot be sent.
+    sent_caps: Vec<CapDescriptor>,
+    code: Code,
+    /// For a kept answer, the outcome to pipeline on.
+    kept: Option<Result<Value, Status>>,
 }
 
 /// Where an incoming call goes.
@@ -1904,13 +2060,7 @@ pub(crate) fn guarded<T: Send + 'static>(
 ) -> impl Future<Output = Result<T, Status>> + Send + 'static {
     let panicked = {
         let method = method.to_owned();
-        move || {
-            tracing::error!(method = %method, "a handler panicked");
-            Status::new(
-                Code::Internal,
-                format!("the handler of `{method}` panicked"),
-            )
-        }
+        move || handler_panicked(&method)
     };
     let made = SCOPE.sync_scope(scope.clone(), || {
         std::panic::catch_unwind(AssertUnwindSafe(make))
@@ -1926,6 +2076,15 @@ pub(crate) fn guarded<T: Send + 'static>(
         }
     };
     SCOPE.scope(scope, fut)
+}
+
+/// What a caller hears of a handler that panicked (logged here).
+fn handler_panicked(method: &str) -> Status {
+    tracing::error!(method = %method, "a handler panicked");
+    Status::new(
+        Code::Internal,
+        format!("the handler of `{method}` panicked"),
+    )
 }
 
 /// Runs an answer's future until it ends, is cancelled, or passes `stop_at`.

@@ -2,7 +2,6 @@
 
 use capwire_proto::Status;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 
 use super::id_map::IdMap;
 use crate::value::Value;
@@ -29,7 +28,7 @@ pub(crate) enum Reply {
 /// What the events of a kept or stream question report.
 pub(crate) struct Meta {
     pub(crate) method: String,
-    pub(crate) started: Instant,
+    pub(crate) started: crate::events::Started,
 }
 
 pub(crate) struct Question {
@@ -85,6 +84,11 @@ impl Questions {
         self.entries
             .get(&id)
             .map(|q| matches!(q.reply, Reply::Stream { .. }))
+    }
+
+    /// Puts back a question [`Questions::remove`] took out.
+    pub(crate) fn restore(&mut self, id: u64, question: Question) {
+        self.entries.insert(id, question);
     }
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<Question> {
