@@ -128,7 +128,8 @@ pub(crate) fn encode(frame: &Frame, out: &mut BytesMut) -> bool {
 /// The shapes [`encode`] writes: payloads must already be MessagePack
 /// (a JSON payload in a binary frame is transcoded, which serde does).
 fn encodable(frame: &Frame) -> bool {
-    let msgpack = |p: &Payload| matches!(p, Payload::Msgpack(_));
+    // Longer than a `bin` can say: serde reports it.
+    let msgpack = |p: &Payload| matches!(p, Payload::Msgpack(b) if u32::try_from(b.len()).is_ok());
     match frame {
         Frame::Call(c) => msgpack(&c.args),
         Frame::Result(CallResult {
@@ -144,17 +145,44 @@ fn encodable(frame: &Frame) -> bool {
 type Writer<'a> = bytes::buf::Writer<&'a mut BytesMut>;
 
 // Writing into a `BytesMut` cannot fail: the results below are `Ok` always.
+// The small cases (short names, fixmaps, small integers) are written by hand,
+// in the forms `rmp` picks for them; the rest goes through `rmp` itself.
 
 fn map(w: &mut Writer<'_>, n: u32) {
-    let _ = rmp::encode::write_map_len(w, n);
+    if n < 16 {
+        w.get_mut().put_u8(0x80 | n as u8);
+    } else {
+        let _ = rmp::encode::write_map_len(w, n);
+    }
 }
 
 fn str(w: &mut Writer<'_>, s: &str) {
-    let _ = rmp::encode::write_str(w, s);
+    if s.len() < 32 {
+        let out = w.get_mut();
+        out.put_u8(0xa0 | s.len() as u8);
+        out.put_slice(s.as_bytes());
+    } else {
+        let _ = rmp::encode::write_str(w, s);
+    }
 }
 
 fn uint(w: &mut Writer<'_>, n: u64) {
-    let _ = rmp::encode::write_uint(w, n);
+    let out = w.get_mut();
+    if n < 128 {
+        out.put_u8(n as u8);
+    } else if n < 1 << 8 {
+        out.put_u8(0xcc);
+        out.put_u8(n as u8);
+    } else if n < 1 << 16 {
+        out.put_u8(0xcd);
+        out.put_u16(n as u16);
+    } else if n < 1 << 32 {
+        out.put_u8(0xce);
+        out.put_u32(n as u32);
+    } else {
+        out.put_u8(0xcf);
+        out.put_u64(n);
+    }
 }
 
 fn id_only(w: &mut Writer<'_>, op: &str, id: u64) {
@@ -167,7 +195,8 @@ fn id_only(w: &mut Writer<'_>, op: &str, id: u64) {
 
 fn payload(w: &mut Writer<'_>, p: &Payload) {
     if let Payload::Msgpack(bytes) = p {
-        let _ = rmp::encode::write_bin(w, bytes);
+        let _ = rmp::encode::write_bin_len(w, bytes.len() as u32);
+        w.get_mut().put_slice(bytes);
     }
 }
 

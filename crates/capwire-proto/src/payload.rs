@@ -47,9 +47,7 @@ impl Payload {
     pub fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Payload, EncodeError> {
         match codec {
             Codec::Json => Ok(Payload::Json(serde_json::value::to_raw_value(value)?)),
-            Codec::Msgpack => Ok(Payload::Msgpack(Bytes::from(rmp_serde::to_vec_named(
-                value,
-            )?))),
+            Codec::Msgpack => encode_msgpack(value).map(Payload::Msgpack),
         }
     }
 
@@ -132,6 +130,33 @@ impl Payload {
             .map_err(|e| EncodeError::Transcode(e.to_string()))?;
         Payload::encode(codec, &tree)
     }
+}
+
+thread_local! {
+    /// Where MessagePack payloads are written before they are copied out at
+    /// their exact size: a value's encoding grows its buffer step by step,
+    /// and here that happens once per thread, not once per value.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Scratch space kept between values; a larger one is given back after use.
+const MAX_KEPT_SCRATCH: usize = 1 << 20;
+
+fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
+    SCRATCH.with(|scratch| {
+        // A value whose serialization encodes another payload finds the
+        // scratch in use, and takes a buffer of its own.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return Ok(Bytes::from(rmp_serde::to_vec_named(value)?));
+        };
+        buf.clear();
+        let written = rmp_serde::encode::write_named(&mut *buf, value);
+        let out = written.map(|()| Bytes::copy_from_slice(&buf));
+        if buf.capacity() > MAX_KEPT_SCRATCH {
+            *buf = Vec::new();
+        }
+        Ok(out?)
+    })
 }
 
 impl fmt::Debug for Payload {

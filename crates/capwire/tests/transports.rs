@@ -93,6 +93,9 @@ async fn round_trip_in_order_on_every_transport() {
             .map(|i| {
                 if i % 2 == 0 {
                     Bytes::from(format!("{{\"ping\":{{\"nonce\":{i}}}}}"))
+                } else if i % 25 == 1 {
+                    // Large enough to skip the writer's batch buffer.
+                    Bytes::from(vec![0x81; 70_000 + i])
                 } else {
                     Bytes::from(vec![0x81; i * 37])
                 }

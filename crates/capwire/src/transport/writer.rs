@@ -2,7 +2,9 @@
 //! single write (DESIGN.md §6). Under load frames coalesce; when idle a lone
 //! frame goes out at once, with no timer and no added latency.
 
-use bytes::BytesMut;
+use std::io::IoSlice;
+
+use bytes::{BufMut, BytesMut};
 use capwire_proto::framing::{encode_frame, Framing};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -28,6 +30,30 @@ where
     FrameSender::new(tx, config.max_frame_bytes)
 }
 
+/// Frames from this size on are written from their own buffer instead of
+/// being copied into the batch.
+const DIRECT_WRITE: usize = 16 * 1024;
+
+/// Writes `head` then `tail`, vectored where the stream supports it.
+async fn write_both<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut head: &[u8],
+    mut tail: &[u8],
+) -> std::io::Result<()> {
+    while !head.is_empty() {
+        let n = io
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(tail)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        tail = &tail[n - from_head..];
+    }
+    io.write_all(tail).await
+}
+
 async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -42,6 +68,22 @@ async fn run<W: AsyncWrite + Unpin>(
         let mut closing = false;
         while let Some(msg) = next.take() {
             match msg {
+                Outgoing::Frame(frame)
+                    if frame.len() >= DIRECT_WRITE
+                        && framing == Framing::LengthPrefixed
+                        && frame.len() <= max_frame_bytes
+                        && u32::try_from(frame.len()).is_ok() =>
+                {
+                    // A large frame is not copied into the batch: the batch,
+                    // with its length prefix at the end, and the frame go out
+                    // in one vectored write.
+                    buf.put_u32(frame.len() as u32);
+                    if let Err(e) = write_both(&mut io, &buf, &frame).await {
+                        tracing::debug!(error = %e, "write failed; stopping writer");
+                        return;
+                    }
+                    buf.clear();
+                }
                 Outgoing::Frame(frame) => {
                     if let Err(e) = encode_frame(framing, &frame, max_frame_bytes, &mut buf) {
                         // Senders check the size; what is left is a newline in an ndjson frame.
