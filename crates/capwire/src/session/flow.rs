@@ -49,7 +49,8 @@ impl Credit {
         self.notify.notify_one();
     }
 
-    fn try_take(&self) -> bool {
+    /// Takes one unit of credit if there is one.
+    pub(crate) fn try_take(&self) -> bool {
         self.available
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1))
             .is_ok()

@@ -18,7 +18,7 @@ mod streams;
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -208,6 +208,8 @@ pub(crate) struct Shared {
     peer_max_frame: AtomicUsize,
     /// Notified whenever a question or an answer leaves its table.
     settled: Notify,
+    /// Set with `closed`, and cheaper to read: the reader checks it per frame.
+    ended: AtomicBool,
 }
 
 /// A handle dropped where the session lock may be held: the release task
@@ -285,6 +287,7 @@ impl Session {
             releases,
             peer_max_frame: AtomicUsize::new(usize::MAX),
             settled: Notify::new(),
+            ended: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
@@ -808,6 +811,9 @@ impl Shared {
         st: &mut State,
         descriptors: Vec<CapDescriptor>,
     ) -> Result<Vec<Capability>, Status> {
+        if descriptors.is_empty() {
+            return Ok(Vec::new());
+        }
         let me = Arc::downgrade(self);
         descriptors
             .into_iter()
@@ -1901,6 +1907,7 @@ impl Shared {
         tokio::spawn(async move {
             let _ = sender.close(reason).await;
         });
+        self.ended.store(true, Ordering::Release);
         self.closed.cancel();
         self.settled.notify_waiters();
         self.emit(Event::Closed { status });
@@ -2141,11 +2148,20 @@ fn transport_status(error: TransportError, max_frame_bytes: usize) -> Status {
 
 async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
     let mut got_hello = false;
+    // One waiter for the whole loop, polled only when no frame is ready.
+    let closed = shared.closed.clone();
+    let closed = closed.cancelled();
+    tokio::pin!(closed);
     let end = loop {
         let next = tokio::select! {
+            biased;
             r = receiver.recv() => r,
-            _ = shared.closed.cancelled() => return,
+            _ = &mut closed => return,
         };
+        // A peer that keeps sending cannot keep an ended session working.
+        if shared.ended.load(Ordering::Acquire) {
+            return;
+        }
         let bytes = match next {
             Ok(Some(bytes)) => bytes,
             Ok(None) => break Status::unavailable("the peer closed the connection"),

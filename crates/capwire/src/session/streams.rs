@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use capwire_proto::{Code, Frame, StreamEnd, StreamError, StreamItem};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::flow::{grant_batch, Credit};
 use super::{sleep_until, supervise, Shared, StartAnswer, SCOPE};
@@ -102,7 +103,7 @@ impl Shared {
         } = start;
         let stop_at = deadline.map(|d| d + self.config.deadline_grace);
         let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
-        let pumped: Option<Result<u64, Status>> = async {
+        let pump = async {
             let Some(object) = object else {
                 return Some(Err(Status::new(
                     Code::InvalidArgument,
@@ -118,19 +119,45 @@ impl Shared {
                 Err(status) => return Some(Err(status)),
             };
             let mut items = std::panic::AssertUnwindSafe(items).catch_unwind();
+            let past_deadline = || {
+                Status::new(
+                    Code::DeadlineExceeded,
+                    format!("stream `{method}` ran past its deadline"),
+                )
+            };
             let mut sent = 0u64;
             loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return None,
-                    _ = sleep_until(stop_at) => return Some(Err(Status::new(
-                        Code::DeadlineExceeded,
-                        format!("stream `{method}` ran past its deadline"),
-                    ))),
-                    next = async {
-                        credit.acquire().await;
-                        SCOPE.scope(scope.clone(), items.next()).await
-                    } => next,
+                // The common case costs no waiters: credit is there and the
+                // producer has an item ready. Otherwise wait for both, while
+                // watching for a cancel and the deadline.
+                if cancel.is_cancelled() {
+                    return None;
+                }
+                if stop_at.is_some_and(|at| Instant::now() >= at) {
+                    return Some(Err(past_deadline()));
+                }
+                let have_credit = credit.try_take();
+                let ready = if have_credit {
+                    match futures_util::poll!(items.next()) {
+                        Poll::Ready(next) => Some(next),
+                        Poll::Pending => None,
+                    }
+                } else {
+                    None
+                };
+                let next = match ready {
+                    Some(next) => next,
+                    None => tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return None,
+                        _ = sleep_until(stop_at) => return Some(Err(past_deadline())),
+                        next = async {
+                            if !have_credit {
+                                credit.acquire().await;
+                            }
+                            items.next().await
+                        } => next,
+                    },
                 };
                 let value = match next {
                     None => return Some(Ok(sent)),
@@ -168,8 +195,9 @@ impl Shared {
                 let unacked = credit.sent();
                 self.counters.stream_item_out(unacked);
             }
-        }
-        .await;
+        };
+        // The producer (and the calls it makes) run in the call's scope.
+        let pumped: Option<Result<u64, Status>> = SCOPE.scope(scope.clone(), pump).await;
         let outcome = match pumped {
             Some(Ok(items)) => Ok(items),
             Some(Err(status)) => Err(status),
