@@ -165,28 +165,34 @@ pub fn encode(frame: &Frame, codec: Codec) -> Result<Vec<u8>, EncodeError> {
     encode_bytes(frame, codec).map(Vec::from)
 }
 
-/// Encodes one frame into `Bytes`, without copying it out of the buffer it
-/// was written to.
+/// Encodes one frame into `Bytes` of exactly its size.
+///
+/// The frame is written into a per-thread buffer and copied out once: a
+/// copy of a frame costs less than the allocations that writing it into a
+/// buffer of its own would take (one to grow it, one more to share it).
 pub fn encode_bytes(frame: &Frame, codec: Codec) -> Result<Bytes, EncodeError> {
-    let mut out = BytesMut::with_capacity(size_hint(frame));
-    encode_into(frame, codec, &mut out)?;
-    Ok(out.freeze())
+    SCRATCH.with(|scratch| {
+        let Ok(mut out) = scratch.try_borrow_mut() else {
+            let mut out = BytesMut::new();
+            encode_into(frame, codec, &mut out)?;
+            return Ok(out.freeze());
+        };
+        out.clear();
+        encode_into(frame, codec, &mut out)?;
+        let bytes = Bytes::copy_from_slice(&out);
+        if out.capacity() > MAX_KEPT_SCRATCH {
+            *out = BytesMut::new();
+        }
+        Ok(bytes)
+    })
 }
 
-/// Room for a frame: its payload plus what the fields of a busy frame take,
-/// so that most frames are written without growing the buffer.
-fn size_hint(frame: &Frame) -> usize {
-    let payload = match frame {
-        Frame::Call(c) => c.args.len(),
-        Frame::Result(r) => match &r.outcome {
-            crate::frame::Outcome::Ok { value, .. } => value.len(),
-            crate::frame::Outcome::Err(_) => 64,
-        },
-        Frame::Item(i) => i.value.len(),
-        _ => 0,
-    };
-    payload + 96
+thread_local! {
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
+
+/// Scratch space kept between frames; a larger one is given back after use.
+const MAX_KEPT_SCRATCH: usize = 1 << 20;
 
 /// Appends the encoding of `frame` to `out`. On error `out` is left as it was.
 pub fn encode_into(frame: &Frame, codec: Codec, out: &mut BytesMut) -> Result<(), EncodeError> {

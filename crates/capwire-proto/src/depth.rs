@@ -103,10 +103,61 @@ enum Scan {
     Malformed,
 }
 
+/// The values still to read at each level of nesting: the first levels in
+/// place, deeper ones on the heap, so that a shallow value allocates nothing.
+struct Levels {
+    near: [u64; NEAR_LEVELS],
+    len: usize,
+    far: Vec<u64>,
+}
+
+const NEAR_LEVELS: usize = 16;
+
+impl Levels {
+    /// One value to read at the top level.
+    fn new() -> Levels {
+        let mut near = [0; NEAR_LEVELS];
+        near[0] = 1;
+        Levels {
+            near,
+            len: 1,
+            far: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn last_mut(&mut self) -> Option<&mut u64> {
+        match self.len {
+            0 => None,
+            n if n <= NEAR_LEVELS => Some(&mut self.near[n - 1]),
+            _ => self.far.last_mut(),
+        }
+    }
+
+    fn pop(&mut self) {
+        if self.len > NEAR_LEVELS {
+            self.far.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn push(&mut self, n: u64) {
+        if self.len < NEAR_LEVELS {
+            self.near[self.len] = n;
+        } else {
+            self.far.push(n);
+        }
+        self.len += 1;
+    }
+}
+
 fn msgpack_scan(input: &[u8], limit: usize) -> Scan {
     let mut buf = input;
     // Each entry: values still to read at that level. Its length is the depth + 1.
-    let mut pending: Vec<u64> = vec![1];
+    let mut pending = Levels::new();
     while let Some(top) = pending.last_mut() {
         if *top == 0 {
             pending.pop();

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::attestation::{Attestation, TransportKind};
 use crate::object::{CallContext, Items, Object};
-use crate::promise::{resolve_local, PendingCall, Promise, PromiseCore, Sent};
+use crate::promise::{resolve_local, MethodName, PendingCall, Promise, PromiseCore, Sent};
 use crate::session::{current_scope, AnswerRef, CallScope, Shared, WireTarget};
 use crate::stream::{ItemStream, StreamOptions};
 use crate::value::Value;
@@ -162,6 +162,16 @@ impl Capability {
     /// that handler's call: it is cancelled with it and gets no more time than
     /// it has left.
     pub fn call_with(&self, method: &str, args: Value, options: CallOptions) -> Promise {
+        self.call_named(MethodName::Shared(method.into()), args, options)
+    }
+
+    /// [`Capability::call_with`] with the name as it is kept.
+    pub(crate) fn call_named(
+        &self,
+        method: MethodName,
+        args: Value,
+        options: CallOptions,
+    ) -> Promise {
         let scope = current_scope();
         let deadline = call_deadline(options.timeout, scope.as_ref());
         Promise::new(self.pending(method, args, deadline, scope))
@@ -169,14 +179,14 @@ impl Capability {
 
     pub(crate) fn pending(
         &self,
-        method: &str,
+        method: MethodName,
         args: Value,
         deadline: Option<Instant>,
         scope: Option<CallScope>,
     ) -> PendingCall {
         PendingCall {
             target: self.clone(),
-            method: method.into(),
+            method,
             args,
             deadline,
             scope,
@@ -195,6 +205,16 @@ impl Capability {
     pub fn call_stream_with(
         &self,
         method: &str,
+        args: Value,
+        options: StreamOptions,
+    ) -> ItemStream {
+        self.call_stream_named(MethodName::Shared(method.into()), args, options)
+    }
+
+    /// [`Capability::call_stream_with`] with the name as it is kept.
+    pub(crate) fn call_stream_named(
+        &self,
+        method: MethodName,
         args: Value,
         options: StreamOptions,
     ) -> ItemStream {

@@ -47,10 +47,29 @@ pub(crate) struct PromiseCore {
 /// A call, described but not sent.
 pub(crate) struct PendingCall {
     pub(crate) target: Capability,
-    pub(crate) method: Arc<str>,
+    pub(crate) method: MethodName,
     pub(crate) args: Value,
     pub(crate) deadline: Option<Instant>,
     pub(crate) scope: Option<CallScope>,
+}
+
+/// A method name as a call keeps it: the literal of a typed client costs
+/// nothing to keep; other names are copied once, into shared text.
+#[derive(Clone)]
+pub(crate) enum MethodName {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for MethodName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            MethodName::Static(s) => s,
+            MethodName::Shared(s) => s,
+        }
+    }
 }
 
 /// A promise that was sent.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capability::{CallOptions, Capability};
 use crate::object::CallContext;
-use crate::promise::Promise;
+use crate::promise::{MethodName, Promise};
 use crate::session::Session;
 use crate::stream::{ItemStream, SinkReceiver, SinkWriter, StreamOptions};
 use crate::value::Value;
@@ -235,12 +235,12 @@ impl<T> TypedPromise<T> {
     #[doc(hidden)]
     pub fn call(
         cap: &Capability,
-        method: &str,
+        method: &'static str,
         args: Result<Value, Status>,
         options: CallOptions,
     ) -> TypedPromise<T> {
         TypedPromise {
-            promise: args.map(|args| cap.call_with(method, args, options)),
+            promise: args.map(|args| cap.call_named(MethodName::Static(method), args, options)),
             pipelined: OnceLock::new(),
         }
     }
@@ -291,13 +291,13 @@ impl<T> TypedStream<T> {
     #[doc(hidden)]
     pub fn call(
         cap: &Capability,
-        method: &str,
+        method: &'static str,
         args: Result<Value, Status>,
         options: StreamOptions,
     ) -> TypedStream<T> {
         TypedStream {
             items: args
-                .map(|args| cap.call_stream_with(method, args, options))
+                .map(|args| cap.call_stream_named(MethodName::Static(method), args, options))
                 .map_err(Some),
             _t: PhantomData,
         }
