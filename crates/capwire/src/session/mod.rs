@@ -624,12 +624,39 @@ impl Shared {
         }
     }
 
-    pub(crate) fn queue_release(&self, id: u64, serial: u64) {
-        let _ = self.releases.send(Dropped::Import { id, serial });
+    /// The last handle to import `id` is gone: `release`, now if the
+    /// session lock is free, else from the release task.
+    pub(crate) fn queue_release(self: &Arc<Self>, id: u64, serial: u64) {
+        if self.lock_is_free() {
+            self.drop_import(id, serial);
+        } else {
+            let _ = self.releases.send(Dropped::Import { id, serial });
+        }
     }
 
-    pub(crate) fn queue_finish(&self, id: u64) {
-        let _ = self.releases.send(Dropped::Kept(id));
+    /// The last handle to kept question `id` is gone: `finish`, now if the
+    /// session lock is free, else from the release task.
+    pub(crate) fn queue_finish(self: &Arc<Self>, id: u64) {
+        if self.lock_is_free() {
+            self.drop_kept(id);
+        } else {
+            let _ = self.releases.send(Dropped::Kept(id));
+        }
+    }
+
+    /// True when a dropped handle can do its table work here: no thread
+    /// holds the session lock, in particular not this one (a handle dropped
+    /// while the lock is held must not take it again: it is not reentrant).
+    /// Outside a runtime, the task does the work too: a frame that has to
+    /// wait for room in the queue needs the runtime to be sent.
+    fn lock_is_free(&self) -> bool {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false;
+        }
+        match self.state.try_lock() {
+            Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => true,
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
     }
 
     /// The last handle to kept question `id` is gone: the callee may free
