@@ -212,8 +212,10 @@ impl PendingCall {
                 Destination::Wire(shared, to) => {
                     shared.call_plain(&to, &method, args, deadline, scope).await
                 }
+                // Boxed: the future of a wire call, the common case, need
+                // not carry the local call's timer.
                 Destination::Local(object) => {
-                    call_local(object, &method, args, deadline, scope).await
+                    Box::pin(call_local(object, &method, args, deadline, scope)).await
                 }
             }
         }

@@ -539,15 +539,22 @@ impl Shared {
             .fetch_add(len as u64, Ordering::Relaxed);
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), Status> {
-        let bytes = self.encode(&frame)?;
-        let len = bytes.len();
-        self.sender
-            .send(bytes)
-            .await
-            .map_err(|e| self.send_status(e))?;
-        self.count_out(len);
-        Ok(())
+    /// Sends a frame, waiting for room in the transport queue. The frame is
+    /// encoded at once, so the future holds only its bytes: it lives inside
+    /// the futures of every call, and its size is theirs.
+    fn send(&self, frame: Frame) -> impl Future<Output = Result<(), Status>> + Send + '_ {
+        let encoded = self.encode(&frame);
+        drop(frame);
+        async move {
+            let bytes = encoded?;
+            let len = bytes.len();
+            self.sender
+                .send(bytes)
+                .await
+                .map_err(|e| self.send_status(e))?;
+            self.count_out(len);
+            Ok(())
+        }
     }
 
     /// Sends without waiting, like [`Shared::send_nowait`], but tells why a
@@ -973,16 +980,21 @@ impl Shared {
     /// Sends a prepared call. If it cannot be sent (too big, or the
     /// connection is gone), the question and the introductions it carried
     /// are taken back: there is nothing to cancel.
-    async fn send_question(self: &Arc<Self>, id: u64, frame: Frame) -> Result<(), Status> {
-        let caps = match &frame {
-            Frame::Call(call) if !call.caps.is_empty() => call.caps.clone(),
-            _ => Vec::new(),
-        };
-        let result = self.send(frame).await;
+    ///
+    /// A call does not wait for room in the transport queue: the frame goes
+    /// behind the others, and the question table's limit
+    /// (`max_in_flight_out`) bounds how many can wait there. So a call's
+    /// future holds no send state, only its reply.
+    fn send_question(self: &Arc<Self>, id: u64, frame: Frame) -> Result<(), Status> {
+        let result = self.send_queued(&frame);
         if result.is_err() {
+            let caps = match &frame {
+                Frame::Call(call) => call.caps.as_slice(),
+                _ => &[],
+            };
             let mut st = self.lock();
             st.questions.remove(id);
-            st.exports.unsend(&caps);
+            st.exports.unsend(caps);
             drop(st);
             self.settled.notify_waiters();
         }
@@ -1000,7 +1012,7 @@ impl Shared {
     ) -> Result<Value, Status> {
         let started = self.started();
         if !args.caps.is_empty() {
-            self.send_arg_promises(&args).await;
+            Box::pin(self.send_arg_promises(&args)).await;
         }
         let (tx, reply) = oneshot::channel();
         let parent = scope.as_ref().map(|s| s.answer);
@@ -1026,7 +1038,7 @@ impl Shared {
         };
         let closed = || Status::unavailable("the connection closed");
         let outcome = async {
-            if let Err(status) = self.send_question(id, frame).await {
+            if let Err(status) = self.send_question(id, frame) {
                 guard.pending = false;
                 return Err(status);
             }
@@ -1037,17 +1049,13 @@ impl Shared {
                 guard.pending = false;
                 return r.unwrap_or_else(|_| Err(closed()));
             }
-            tokio::select! {
-                r = reply => {
-                    guard.pending = false;
-                    r.unwrap_or_else(|_| Err(closed()))
-                }
-                _ = sleep_until(deadline) => Err(Status::new(
-                    Code::DeadlineExceeded,
-                    format!("`{method}` did not answer before its deadline"),
-                )),
-                _ = cancelled(parent) => Err(Status::new(Code::Cancelled, "the parent call was cancelled")),
+            // Boxed: the timer and the parent's waiter are large, and only
+            // calls with a deadline or a parent carry them.
+            let (outcome, answered) = Box::pin(wait_bounded(reply, method, deadline, parent)).await;
+            if answered {
+                guard.pending = false;
             }
+            outcome
         }
         .await;
         guard.record(outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok));
@@ -1097,7 +1105,7 @@ impl Shared {
             result: rx,
             _deps: deps,
         });
-        self.send_question(id, frame).await?;
+        self.send_question(id, frame)?;
         Ok(kept)
     }
 
@@ -1138,7 +1146,7 @@ impl Shared {
         )?;
         deps.extend(args.caps.iter().cloned());
         let items = RemoteItems::new(self.clone(), id, rx, window, deps);
-        self.send_question(id, frame).await?;
+        self.send_question(id, frame)?;
         Ok(items)
     }
 
@@ -2144,6 +2152,24 @@ async fn supervise<T>(
     };
     cancel.cancel();
     outcome
+}
+
+/// Waits for a plain call's reply, its deadline or its parent's cancel.
+/// The flag says whether the reply came (else the call is still pending).
+async fn wait_bounded(
+    reply: oneshot::Receiver<Result<Value, Status>>,
+    method: &str,
+    deadline: Option<Instant>,
+    parent: Option<CancellationToken>,
+) -> (Result<Value, Status>, bool) {
+    tokio::select! {
+        r = reply => (r.unwrap_or_else(|_| Err(Status::unavailable("the connection closed"))), true),
+        _ = sleep_until(deadline) => (Err(Status::new(
+            Code::DeadlineExceeded,
+            format!("`{method}` did not answer before its deadline"),
+        )), false),
+        _ = cancelled(parent) => (Err(Status::new(Code::Cancelled, "the parent call was cancelled")), false),
+    }
 }
 
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {

@@ -131,8 +131,12 @@ impl FrameSender {
     /// If this future is dropped while it waits, the frame is still sent.
     pub async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
         self.check(&frame)?;
-        let queued = self.enqueue(Outgoing::Frame(frame))?;
-        self.moved(queued).await
+        match self.enqueue(Outgoing::Frame(frame))? {
+            Queued::Now => Ok(()),
+            // Boxed: the wait is the rare case, and the futures of every
+            // caller would otherwise carry its state.
+            later => Box::pin(self.moved(later)).await,
+        }
     }
 
     /// Queues one frame without waiting: into the queue, or behind the
