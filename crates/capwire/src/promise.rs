@@ -8,6 +8,7 @@
 //! right behind it without waiting for its answer, and the answer is
 //! finished when the last handle to it is gone.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::capability::{call_local, local_context, CapKind, Capability, Destination};
 use crate::object::PipelineAt;
-use crate::session::{CallScope, Shared};
+use crate::session::{CallScope, PlainCall, Shared};
 use crate::value::Value;
 
 /// A call that may not have been sent yet. Await it for the result; call
@@ -31,8 +32,24 @@ use crate::value::Value;
 /// at the callee; dropping one that nothing awaited sends nothing at all.
 #[must_use = "a promise does nothing until it is awaited or pipelined on"]
 pub struct Promise {
-    core: Arc<PromiseCore>,
-    wait: Option<BoxFuture<'static, Result<Value, Status>>>,
+    /// The call, until it is awaited or something pipelines on it.
+    call: RefCell<Option<PendingCall>>,
+    /// Made when something pipelines on the promise: the call moves into it.
+    core: std::cell::OnceCell<Arc<PromiseCore>>,
+    deadline: Option<Instant>,
+    wait: Wait,
+}
+
+/// How an awaited promise waits.
+enum Wait {
+    /// Not awaited yet.
+    Idle,
+    /// A plain call on an import: the common case, inline.
+    Plain(PlainCall),
+    /// Anything else: a kept call, a local object, a promised target.
+    Boxed(BoxFuture<'static, Result<Value, Status>>),
+    /// An outcome known before anything was sent.
+    Ready(Option<Result<Value, Status>>),
 }
 
 /// What a promise and the pipelined capabilities made from it share.
@@ -193,6 +210,31 @@ impl PromiseCore {
 }
 
 impl PendingCall {
+    /// Starts the call as a plain call: inline for an import and arguments
+    /// without capabilities, else as a boxed future.
+    fn start_plain(self) -> Wait {
+        if self.args.caps.is_empty() {
+            if let CapKind::Remote(remote) = &self.target.kind {
+                let Some(shared) = remote.session.upgrade() else {
+                    return Wait::Ready(Some(Err(Status::unavailable("the connection is closed"))));
+                };
+                let to = crate::session::WireTarget::Cap(remote.id);
+                let PendingCall {
+                    target,
+                    method,
+                    args,
+                    deadline,
+                    scope,
+                } = self;
+                return match shared.start_plain(&to, method, args, deadline, scope, Some(target)) {
+                    Ok(call) => Wait::Plain(call),
+                    Err(status) => Wait::Ready(Some(Err(status))),
+                };
+            }
+        }
+        Wait::Boxed(self.run_plain())
+    }
+
     /// Sends the call as a plain call and waits for its result.
     pub(crate) fn run_plain(self) -> BoxFuture<'static, Result<Value, Status>> {
         async move {
@@ -210,7 +252,7 @@ impl PendingCall {
             };
             match destination? {
                 Destination::Wire(shared, to) => {
-                    shared.call_plain(&to, &method, args, deadline, scope).await
+                    shared.call_plain(&to, method, args, deadline, scope).await
                 }
                 // Boxed: the future of a wire call, the common case, need
                 // not carry the local call's timer.
@@ -287,15 +329,25 @@ pub(crate) fn resolve_local(
 
 impl Promise {
     pub(crate) fn new(call: PendingCall) -> Promise {
-        let deadline = call.deadline;
         Promise {
-            core: Arc::new(PromiseCore {
-                pending: Mutex::new(Some(call)),
-                sent: OnceCell::new(),
-                deadline,
-            }),
-            wait: None,
+            deadline: call.deadline,
+            call: RefCell::new(Some(call)),
+            core: std::cell::OnceCell::new(),
+            wait: Wait::Idle,
         }
+    }
+
+    /// What pipelined capabilities share: made on the first one, taking the
+    /// call if it was not awaited yet (else it stays empty, and calls on it
+    /// fail: a plain call keeps no answer to pipeline on).
+    fn core(&self) -> &Arc<PromiseCore> {
+        self.core.get_or_init(|| {
+            Arc::new(PromiseCore {
+                pending: Mutex::new(self.call.borrow_mut().take()),
+                sent: OnceCell::new(),
+                deadline: self.deadline,
+            })
+        })
     }
 
     /// The capability this call will return (its result is the capability
@@ -317,7 +369,7 @@ impl Promise {
     /// ```
     pub fn get(&self, path: impl Into<Vec<PathSeg>>) -> Capability {
         Capability {
-            kind: CapKind::Promised(self.core.clone(), path.into().into()),
+            kind: CapKind::Promised(self.core().clone(), path.into().into()),
         }
     }
 
@@ -333,35 +385,56 @@ impl Future for Promise {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let wait = this.wait.get_or_insert_with(|| {
-            let core = &this.core;
-            // Kept when something pipelines on it (another handle to the core).
+        if matches!(this.wait, Wait::Idle) {
+            this.wait = this.start();
+        }
+        match &mut this.wait {
+            Wait::Plain(call) => call.poll_unpin(cx),
+            Wait::Boxed(wait) => wait.poll_unpin(cx),
+            Wait::Ready(outcome) => {
+                Poll::Ready(outcome.take().unwrap_or_else(|| Err(already_awaited())))
+            }
+            Wait::Idle => Poll::Ready(Err(already_awaited())),
+        }
+    }
+}
+
+impl Promise {
+    /// Sends the call when it is first awaited: kept if something still
+    /// pipelines on it (a handle to the core besides this promise's own),
+    /// plain otherwise.
+    fn start(&mut self) -> Wait {
+        if let Some(core) = self.core.get() {
             if core.sent.initialized() || Arc::strong_count(core) > 1 {
                 let core = core.clone();
-                return async move { core.result().await }.boxed();
+                return Wait::Boxed(async move { core.result().await }.boxed());
             }
             let call = core
                 .pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            match call {
-                Some(call) => call.run_plain(),
-                None => future::ready(Err(already_awaited())).boxed(),
-            }
-        });
-        wait.poll_unpin(cx)
+            return match call {
+                Some(call) => call.start_plain(),
+                None => Wait::Ready(Some(Err(already_awaited()))),
+            };
+        }
+        match self.call.get_mut().take() {
+            Some(call) => call.start_plain(),
+            None => Wait::Ready(Some(Err(already_awaited()))),
+        }
     }
 }
 
 impl std::fmt::Debug for Promise {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match (self.core.sent.get(), self.wait.is_some()) {
+        let sent = self.core.get().and_then(|c| c.sent.get());
+        let state = match (sent, &self.wait) {
             (Some(Sent::Kept(k)), _) => format!("kept question {}", k.id),
             (Some(Sent::Deferred(_)), _) => "computed here".to_owned(),
             (Some(Sent::Proxied { .. }), _) => "pipelined by its object".to_owned(),
-            (None, true) => "sent".to_owned(),
-            (None, false) => "not sent".to_owned(),
+            (None, Wait::Idle) => "not sent".to_owned(),
+            (None, _) => "sent".to_owned(),
         };
         write!(f, "Promise({state})")
     }

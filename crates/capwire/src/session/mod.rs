@@ -11,6 +11,7 @@ mod flow;
 mod id_map;
 mod imports;
 mod pipeline;
+mod plain;
 mod questions;
 mod runtime;
 mod streams;
@@ -42,7 +43,7 @@ use crate::capability::{CapKind, Capability, RemoteCap};
 use crate::events::{Counters, Direction, Event, Started, Stats};
 use crate::object::{CallContext, Object};
 use crate::policy::{self, BootstrapRequest, Policy};
-use crate::promise::{KeptQuestion, Sent};
+use crate::promise::{KeptQuestion, MethodName, Sent};
 use crate::registry::{Registry, RevocationSink};
 use crate::transport::{CloseReason, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::value::Value;
@@ -54,6 +55,7 @@ use imports::{Imports, RevokedIds};
 pub(crate) use pipeline::AnswerRef;
 pub(crate) use pipeline::Failing;
 use pipeline::{object_of, Queued};
+pub(crate) use plain::PlainCall;
 use questions::{Meta, Questions, Reply};
 pub(crate) use streams::RemoteItems;
 
@@ -424,49 +426,6 @@ impl Session {
             .ended
             .clone()
             .unwrap_or_else(|| Status::unavailable("closed"))
-    }
-}
-
-/// The caller's end of one question: sends `cancel` if the caller stops
-/// waiting before the answer arrived, and records the outcome exactly once
-/// (a dropped call future counts as `cancelled`).
-struct QuestionGuard<'a> {
-    shared: &'a Shared,
-    id: u64,
-    cap: u64,
-    method: &'a str,
-    started: Started,
-    /// The question is in the table and the peer may be running it.
-    pending: bool,
-    /// The outcome is in the counters and was emitted.
-    recorded: bool,
-}
-
-impl QuestionGuard<'_> {
-    fn record(&mut self, outcome: Code) {
-        self.recorded = true;
-        self.shared.counters.call_done(outcome);
-        self.shared.emit_with(|| Event::Call {
-            direction: Direction::Outgoing,
-            cap: self.cap,
-            method: self.method.to_owned(),
-            id: self.id,
-            duration: self.started.elapsed(),
-            outcome,
-        });
-    }
-}
-
-impl Drop for QuestionGuard<'_> {
-    fn drop(&mut self) {
-        if self.pending && self.shared.lock().questions.remove(self.id).is_some() {
-            self.shared
-                .send_nowait(Frame::Cancel(Cancel { id: self.id }));
-            self.shared.settled.notify_waiters();
-        }
-        if !self.recorded {
-            self.record(Code::Cancelled);
-        }
     }
 }
 
@@ -1005,65 +964,16 @@ impl Shared {
     pub(crate) async fn call_plain(
         self: &Arc<Self>,
         target: &WireTarget,
-        method: &str,
+        method: MethodName,
         args: Value,
         deadline: Option<Instant>,
         scope: Option<CallScope>,
     ) -> Result<Value, Status> {
-        let started = self.started();
         if !args.caps.is_empty() {
             Box::pin(self.send_arg_promises(&args)).await;
         }
-        let (tx, reply) = oneshot::channel();
-        let parent = scope.as_ref().map(|s| s.answer);
-        let cap = target.cap();
-        let (id, frame) = self.prepare(
-            target,
-            method,
-            &args,
-            deadline,
-            parent,
-            Reply::Once(tx),
-            false,
-            None,
-        )?;
-        let mut guard = QuestionGuard {
-            shared: self,
-            id,
-            cap: cap.unwrap_or(u64::MAX),
-            method,
-            started,
-            pending: true,
-            recorded: false,
-        };
-        let closed = || Status::unavailable("the connection closed");
-        let outcome = async {
-            if let Err(status) = self.send_question(id, frame) {
-                guard.pending = false;
-                return Err(status);
-            }
-            let parent = scope.map(|s| s.cancel);
-            if deadline.is_none() && parent.is_none() {
-                // Nothing else can end the wait.
-                let r = reply.await;
-                guard.pending = false;
-                return r.unwrap_or_else(|_| Err(closed()));
-            }
-            // Boxed: the timer and the parent's waiter are large, and only
-            // calls with a deadline or a parent carry them.
-            let (outcome, answered) = Box::pin(wait_bounded(reply, method, deadline, parent)).await;
-            if answered {
-                guard.pending = false;
-            }
-            outcome
-        }
-        .await;
-        guard.record(outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok));
-        // Still pending after a deadline or a cancelled parent: this sends `cancel`.
-        drop(guard);
-        // The promises among the arguments stay alive until the answer came.
-        drop(args);
-        outcome
+        self.start_plain(target, method, args, deadline, scope, None)?
+            .await
     }
 
     /// Sends a kept call: its answer stays at the callee, for pipelining,
@@ -2154,24 +2064,6 @@ async fn supervise<T>(
     outcome
 }
 
-/// Waits for a plain call's reply, its deadline or its parent's cancel.
-/// The flag says whether the reply came (else the call is still pending).
-async fn wait_bounded(
-    reply: oneshot::Receiver<Result<Value, Status>>,
-    method: &str,
-    deadline: Option<Instant>,
-    parent: Option<CancellationToken>,
-) -> (Result<Value, Status>, bool) {
-    tokio::select! {
-        r = reply => (r.unwrap_or_else(|_| Err(Status::unavailable("the connection closed"))), true),
-        _ = sleep_until(deadline) => (Err(Status::new(
-            Code::DeadlineExceeded,
-            format!("`{method}` did not answer before its deadline"),
-        )), false),
-        _ = cancelled(parent) => (Err(Status::new(Code::Cancelled, "the parent call was cancelled")), false),
-    }
-}
-
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -2179,7 +2071,7 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn cancelled(token: Option<CancellationToken>) {
+pub(crate) async fn cancelled(token: Option<CancellationToken>) {
     match token {
         Some(t) => t.cancelled().await,
         None => std::future::pending().await,
