@@ -120,6 +120,15 @@ impl Payload {
         self.decode()
     }
 
+    /// [`Payload::transcode`], taking the payload: one already in `codec`
+    /// is returned as it is, without even a reference count to take.
+    pub fn into_codec(self, codec: Codec) -> Result<Payload, EncodeError> {
+        if self.codec() == codec {
+            return Ok(self);
+        }
+        self.transcode(codec)
+    }
+
     /// Re-encodes the payload in `codec` (a no-op when it already is).
     pub fn transcode(&self, codec: Codec) -> Result<Payload, EncodeError> {
         if self.codec() == codec {

@@ -789,11 +789,11 @@ impl Shared {
     fn describe_value(
         self: &Arc<Self>,
         st: &mut State,
-        value: &Value,
+        value: Value,
     ) -> Result<(Payload, Vec<CapDescriptor>), Status> {
         let payload = value
             .payload
-            .transcode(self.codec)
+            .into_codec(self.codec)
             .map_err(|e| Status::new(Code::Internal, format!("cannot encode the value: {e}")))?;
         Ok((payload, self.describe_caps(st, &value.caps)?))
     }
@@ -887,16 +887,15 @@ impl Shared {
         self: &Arc<Self>,
         target: &WireTarget,
         method: &str,
-        args: &Value,
+        (payload, caps): (Payload, &[Capability]),
         deadline: Option<Instant>,
         parent: Option<u64>,
         reply: Reply,
         keep: bool,
         stream: Option<u32>,
     ) -> Result<(u64, Frame), Status> {
-        let payload = args
-            .payload
-            .transcode(self.codec)
+        let payload = payload
+            .into_codec(self.codec)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
         let cap = target.cap();
         let mut st = self.lock();
@@ -915,7 +914,7 @@ impl Shared {
         if st.questions.len() >= max {
             return Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max as u64));
         }
-        let caps = self.describe_caps(&mut st, &args.caps)?;
+        let caps = self.describe_caps(&mut st, caps)?;
         let id = st.questions.insert(cap, reply);
         drop(st);
         let deadline_ms = deadline.map(|d| {
@@ -997,17 +996,18 @@ impl Shared {
             started: self.started(),
         };
         let parent = scope.as_ref().map(|s| s.answer);
+        let Value { payload, caps } = args;
         let (id, frame) = self.prepare(
             target,
             method,
-            &args,
+            (payload, &caps),
             deadline,
             parent,
             Reply::Kept { tx, meta },
             true,
             None,
         )?;
-        let mut deps = args.caps.clone();
+        let mut deps = caps;
         deps.push(target_handle);
         let kept = Arc::new(KeptQuestion {
             session: Arc::downgrade(self),
@@ -1044,17 +1044,18 @@ impl Shared {
             credit: u64::from(window),
             meta,
         };
+        let Value { payload, caps } = args;
         let (id, frame) = self.prepare(
             target,
             method,
-            &args,
+            (payload, &caps),
             deadline,
             parent,
             reply,
             false,
             Some(window),
         )?;
-        deps.extend(args.caps.iter().cloned());
+        deps.extend(caps);
         let items = RemoteItems::new(self.clone(), id, rx, window, deps);
         self.send_question(id, frame)?;
         Ok(items)
@@ -1743,7 +1744,7 @@ impl Shared {
         // A kept answer keeps what the handler returned, for pipelining.
         let mut kept = st.answers.is_kept(id).then(|| result.clone());
         let (outcome, sent_caps, code) =
-            match result.and_then(|value| self.describe_value(&mut st, &value)) {
+            match result.and_then(|value| self.describe_value(&mut st, value)) {
                 Ok((value, caps)) => (
                     Outcome::Ok {
                         value,

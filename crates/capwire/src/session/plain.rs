@@ -42,7 +42,7 @@ pub(crate) struct PlainCall {
     recorded: bool,
     /// The arguments and the target: promises among them stay alive (their
     /// answers kept at the callee) until this call's answer came.
-    _keep: (Value, Option<Capability>),
+    _keep: (Vec<Capability>, Option<Capability>),
 }
 
 enum Wait {
@@ -70,10 +70,11 @@ impl Shared {
         let started = self.started();
         let (tx, reply) = oneshot::channel();
         let parent = scope.as_ref().map(|s| s.answer);
+        let Value { payload, caps } = args;
         let (id, frame) = self.prepare(
             target,
             &method,
-            &args,
+            (payload, &caps),
             deadline,
             parent,
             Reply::Once(tx),
@@ -89,7 +90,7 @@ impl Shared {
             wait: Wait::Done,
             pending: true,
             recorded: false,
-            _keep: (args, target_handle),
+            _keep: (caps, target_handle),
         };
         if let Err(status) = self.send_question(id, frame) {
             call.pending = false;

@@ -175,7 +175,7 @@ impl Shared {
                     if st.ended.is_some() {
                         return None;
                     }
-                    match self.describe_value(&mut st, &value) {
+                    match self.describe_value(&mut st, value) {
                         Ok((value, caps)) => (
                             Frame::Item(StreamItem {
                                 id,
