@@ -91,7 +91,35 @@ fn runtime(multi: bool) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// Runs of the 64 KiB stream per peer, the best kept: one run moves a few
+/// hundred megabytes in a fraction of a second, short enough for one
+/// scheduling hiccup on a shared machine to halve it (the floor included).
+const LARGE_STREAM_RUNS: usize = 3;
+
 async fn run_one(
+    peer: &str,
+    work: Work,
+    net: Net,
+    opts: &Opts,
+) -> anyhow::Result<Option<measure::Sample>> {
+    if !matches!(work, Work::Stream(n) if n >= 1024) {
+        return run_once(peer, work, net, opts).await;
+    }
+    let mut best: Option<measure::Sample> = None;
+    for _ in 0..LARGE_STREAM_RUNS {
+        if let Some(sample) = run_once(peer, work, net, opts).await? {
+            if best
+                .as_ref()
+                .is_none_or(|b| sample.byte_rate() > b.byte_rate())
+            {
+                best = Some(sample);
+            }
+        }
+    }
+    Ok(best)
+}
+
+async fn run_once(
     peer: &str,
     work: Work,
     net: Net,

@@ -171,6 +171,14 @@ pub fn encode(frame: &Frame, codec: Codec) -> Result<Vec<u8>, EncodeError> {
 /// copy of a frame costs less than the allocations that writing it into a
 /// buffer of its own would take (one to grow it, one more to share it).
 pub fn encode_bytes(frame: &Frame, codec: Codec) -> Result<Bytes, EncodeError> {
+    let hint = size_hint(frame);
+    if hint > DIRECT_ENCODE {
+        // A large frame is written where it will stay: a copy of its payload
+        // costs more than the buffer's allocations.
+        let mut out = BytesMut::with_capacity(hint);
+        encode_into(frame, codec, &mut out)?;
+        return Ok(out.freeze());
+    }
     SCRATCH.with(|scratch| {
         let Ok(mut out) = scratch.try_borrow_mut() else {
             let mut out = BytesMut::new();
@@ -189,6 +197,23 @@ pub fn encode_bytes(frame: &Frame, codec: Codec) -> Result<Bytes, EncodeError> {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Frames expected to be larger than this are encoded into a buffer of their own.
+const DIRECT_ENCODE: usize = 16 * 1024;
+
+/// Room for a frame: its payload plus what the fields of a busy frame take.
+fn size_hint(frame: &Frame) -> usize {
+    let payload = match frame {
+        Frame::Call(c) => c.args.len(),
+        Frame::Result(r) => match &r.outcome {
+            crate::frame::Outcome::Ok { value, .. } => value.len(),
+            crate::frame::Outcome::Err(_) => 0,
+        },
+        Frame::Item(i) => i.value.len(),
+        _ => 0,
+    };
+    payload + 96
 }
 
 /// Scratch space kept between frames; a larger one is given back after use.
