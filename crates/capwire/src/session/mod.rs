@@ -188,6 +188,31 @@ struct State {
     peer_goaway: Option<Status>,
     pings: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
     next_ping: u64,
+    /// The peer's method names, shared by the calls that use them.
+    method_names: MethodNames,
+}
+
+/// The method names the peer calls, kept so that each call's context shares
+/// one copy instead of making its own. Bounded in count and length: a peer
+/// that sends many names, or long ones, gets a copy per call as before.
+#[derive(Default)]
+struct MethodNames(Vec<Arc<str>>);
+
+/// Names kept per connection, and the longest name kept.
+const MAX_METHOD_NAMES: usize = 64;
+const MAX_METHOD_NAME_LEN: usize = 64;
+
+impl MethodNames {
+    fn intern(&mut self, name: String) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|n| ***n == *name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        if self.0.len() < MAX_METHOD_NAMES && name.len() <= MAX_METHOD_NAME_LEN {
+            self.0.push(name.clone());
+        }
+        name
+    }
 }
 
 pub(crate) struct Shared {
@@ -276,6 +301,7 @@ impl Session {
                 peer_goaway: None,
                 pings: HashMap::new(),
                 next_ping: 0,
+                method_names: MethodNames::default(),
             }),
             codec: config.codec,
             runtime: runtime::runtime_object(me.clone()),
@@ -1434,6 +1460,7 @@ impl Shared {
         };
         let queued = matches!(route, Route::Queue(..));
         let (cancel, serial) = st.answers.insert(id, cap, kind, queued);
+        let method = st.method_names.intern(method);
         let start = StartAnswer {
             id,
             serial,
@@ -1609,12 +1636,12 @@ impl Shared {
     fn call_context(
         &self,
         id: u64,
-        method: &str,
+        method: &Arc<str>,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> (CallContext, CallScope) {
         let ctx = CallContext {
-            method: method.into(),
+            method: method.clone(),
             call_id: Some(id),
             deadline,
             cancel: cancel.clone(),
@@ -1957,7 +1984,7 @@ pub(crate) struct StartAnswer {
     id: u64,
     serial: u64,
     cap: Option<u64>,
-    method: String,
+    method: Arc<str>,
     args: Value,
     deadline: Option<Instant>,
     cancel: CancellationToken,
@@ -2174,4 +2201,28 @@ async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
         _ => end,
     };
     shared.shutdown(end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_are_shared_within_their_bounds() {
+        let mut names = MethodNames::default();
+        let a = names.intern("echo".to_owned());
+        let b = names.intern("echo".to_owned());
+        assert!(Arc::ptr_eq(&a, &b), "a known name is shared");
+        let long = "x".repeat(MAX_METHOD_NAME_LEN + 1);
+        let l1 = names.intern(long.clone());
+        let l2 = names.intern(long.clone());
+        assert_eq!(&*l1, long.as_str());
+        assert!(!Arc::ptr_eq(&l1, &l2), "a long name is not kept");
+        for i in 0..2 * MAX_METHOD_NAMES {
+            assert_eq!(&*names.intern(format!("m{i}")), format!("m{i}"));
+        }
+        assert_eq!(names.0.len(), MAX_METHOD_NAMES, "the table stays bounded");
+        let c = names.intern("echo".to_owned());
+        assert!(Arc::ptr_eq(&a, &c), "names kept first stay kept");
+    }
 }

@@ -220,10 +220,10 @@ impl Shared {
         self.lock().answers.remove(id);
         self.settled.notify_waiters();
         self.counters.call_done(code);
-        self.emit(Event::Stream {
+        self.emit_with(|| Event::Stream {
             direction: Direction::Incoming,
             cap: cap.unwrap_or(u64::MAX),
-            method,
+            method: method.to_string(),
             id,
             duration: started.elapsed(),
             outcome: code,
