@@ -15,6 +15,7 @@
 //!   slow peer slows the senders (backpressure).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,6 +35,9 @@ pub struct FrameSender {
 #[derive(Debug)]
 struct Order {
     backlog: Mutex<Backlog>,
+    /// The backlog's length, readable without the lock (the reader checks it
+    /// after every frame it handles).
+    waiting: AtomicUsize,
     /// The sequence number of the last backlog entry moved into the queue,
     /// or `u64::MAX` once the queue is gone.
     moved: watch::Sender<u64>,
@@ -63,6 +67,7 @@ impl FrameSender {
             max_frame_bytes,
             order: Arc::new(Order {
                 backlog: Mutex::new(Backlog::default()),
+                waiting: AtomicUsize::new(0),
                 moved: watch::channel(0).0,
             }),
         }
@@ -95,11 +100,17 @@ impl FrameSender {
         backlog.last += 1;
         let seq = backlog.last;
         backlog.waiting.push_back((seq, item));
+        self.order
+            .waiting
+            .store(backlog.waiting.len(), Ordering::Release);
         if !backlog.draining {
             // Frames can be sent from threads outside the runtime (a
             // revocation); then there is no one to drain them.
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 backlog.waiting.pop_back();
+                self.order
+                    .waiting
+                    .store(backlog.waiting.len(), Ordering::Release);
                 return Err(TransportError::Closed);
             };
             backlog.draining = true;
@@ -199,12 +210,7 @@ impl FrameSender {
 
     /// Frames waiting for room in the queue.
     pub fn backlog(&self) -> usize {
-        self.order
-            .backlog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting
-            .len()
+        self.order.waiting.load(Ordering::Acquire)
     }
 }
 
@@ -215,12 +221,17 @@ async fn drain(tx: mpsc::Sender<Outgoing>, order: Arc<Order>) {
         let Ok(permit) = tx.reserve().await else {
             let mut backlog = order.backlog.lock().unwrap_or_else(|e| e.into_inner());
             backlog.waiting.clear();
+            order.waiting.store(0, Ordering::Release);
             backlog.draining = false;
             order.moved.send_replace(u64::MAX);
             return;
         };
         let mut backlog = order.backlog.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((seq, item)) = backlog.waiting.pop_front() else {
+        let next = backlog.waiting.pop_front();
+        order
+            .waiting
+            .store(backlog.waiting.len(), Ordering::Release);
+        let Some((seq, item)) = next else {
             backlog.draining = false;
             return;
         };
