@@ -233,10 +233,28 @@ pub(crate) struct Shared {
     releases: mpsc::UnboundedSender<Dropped>,
     /// Largest frame the peer announced it accepts; unlimited until its hello.
     peer_max_frame: AtomicUsize,
-    /// Notified whenever a question or an answer leaves its table.
+    /// Notified whenever a question or an answer leaves its table, while
+    /// `settle_waiters` says someone (a `close`) waits for that.
     settled: Notify,
+    settle_waiters: AtomicUsize,
     /// Set with `closed`, and cheaper to read: the reader checks it per frame.
     ended: AtomicBool,
+}
+
+/// Counts a waiter for [`Shared::notify_settled`] while it lives.
+struct SettleWaiter<'a>(&'a Shared);
+
+impl<'a> SettleWaiter<'a> {
+    fn new(shared: &'a Shared) -> SettleWaiter<'a> {
+        shared.settle_waiters.fetch_add(1, Ordering::SeqCst);
+        SettleWaiter(shared)
+    }
+}
+
+impl Drop for SettleWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.settle_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A handle dropped where the session lock may be held: the release task
@@ -315,6 +333,7 @@ impl Session {
             releases,
             peer_max_frame: AtomicUsize::new(usize::MAX),
             settled: Notify::new(),
+            settle_waiters: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&shared);
@@ -425,6 +444,9 @@ impl Session {
         };
         // Bounded like the rest: a peer that does not read cannot hold the close.
         let _ = tokio::time::timeout_at(deadline, shared.send(Frame::Goaway(goaway))).await;
+        // Counted before the tables are checked: a question or answer that
+        // leaves its table after this sees the count and notifies.
+        let _waiting = SettleWaiter::new(shared);
         loop {
             let settled = shared.settled.notified();
             tokio::pin!(settled);
@@ -460,6 +482,14 @@ impl Shared {
         // State updates are small and never leave a table half-changed, so a
         // panic elsewhere while the lock was held does not poison the session.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes a `close` waiting for the tables to drain. Called after the
+    /// table change, outside the lock; costs nothing while nobody closes.
+    fn notify_settled(&self) {
+        if self.settle_waiters.load(Ordering::SeqCst) > 0 {
+            self.settled.notify_waiters();
+        }
     }
 
     fn stats(&self) -> Stats {
@@ -665,7 +695,7 @@ impl Shared {
             if let Reply::Kept { meta, .. } = q.reply {
                 self.record_outgoing(q.cap, id, meta, Code::Cancelled, false);
             }
-            self.settled.notify_waiters();
+            self.notify_settled();
         }
         self.send_nowait(Frame::Finish(Finish { id }));
     }
@@ -980,7 +1010,7 @@ impl Shared {
             st.questions.remove(id);
             st.exports.unsend(caps);
             drop(st);
-            self.settled.notify_waiters();
+            self.notify_settled();
         }
         result
     }
@@ -1099,7 +1129,7 @@ impl Shared {
                 if let Some(q) = queued {
                     // It never started: answered here ([S21]).
                     self.reject(id, q.stream, status);
-                    self.settled.notify_waiters();
+                    self.notify_settled();
                 }
                 Ok(())
             }
@@ -1107,7 +1137,7 @@ impl Shared {
                 let freed = self.lock().answers.finish(id);
                 if freed.is_some() {
                     drop(freed);
-                    self.settled.notify_waiters();
+                    self.notify_settled();
                 }
                 Ok(())
             }
@@ -1194,7 +1224,7 @@ impl Shared {
             Outcome::Err(status) => Err(status),
         };
         drop(st);
-        self.settled.notify_waiters();
+        self.notify_settled();
         let cap = question.cap;
         match question.reply {
             Reply::Kept { tx, meta } => {
@@ -1280,7 +1310,7 @@ impl Shared {
                 Some(true) => st.questions.remove(id),
             }
         };
-        self.settled.notify_waiters();
+        self.notify_settled();
         let Some(question) = question else {
             return Ok(());
         };
@@ -1317,7 +1347,7 @@ impl Shared {
             self.send_nowait(Frame::Release(release));
         }
         if !failed.is_empty() {
-            self.settled.notify_waiters();
+            self.notify_settled();
         }
         for q in failed {
             let what = q.cap.map_or_else(
@@ -1623,7 +1653,7 @@ impl Shared {
                 Err(freed) => {
                     if freed.is_some() {
                         drop(freed);
-                        self.settled.notify_waiters();
+                        self.notify_settled();
                     }
                     return;
                 }
@@ -1834,7 +1864,7 @@ impl Shared {
                 drop(freed);
             }
         }
-        self.settled.notify_waiters();
+        self.notify_settled();
         self.counters.call_done(code);
         self.emit_with(|| Event::Call {
             direction: Direction::Incoming,
@@ -1882,7 +1912,7 @@ impl Shared {
         });
         self.ended.store(true, Ordering::Release);
         self.closed.cancel();
-        self.settled.notify_waiters();
+        self.notify_settled();
         self.emit(Event::Closed { status });
     }
 

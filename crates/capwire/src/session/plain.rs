@@ -128,7 +128,7 @@ impl PlainCall {
         if self.shared.lock().questions.remove(self.id).is_some() {
             self.shared
                 .send_nowait(Frame::Cancel(Cancel { id: self.id }));
-            self.shared.settled.notify_waiters();
+            self.shared.notify_settled();
         }
     }
 }

@@ -218,7 +218,7 @@ impl Shared {
             let _ = self.send(frame).await;
         }
         self.lock().answers.remove(id);
-        self.settled.notify_waiters();
+        self.notify_settled();
         self.counters.call_done(code);
         self.emit_with(|| Event::Stream {
             direction: Direction::Incoming,
