@@ -358,6 +358,44 @@ async fn a_peer_that_does_not_read_is_pushed_back() {
     }
 }
 
+/// A call's frame does not wait for room in the transport queue, so what
+/// bounds the frames calls can queue for a peer that never reads is the
+/// question limit: calls past it fail at once, and none hangs or queues.
+#[tokio::test]
+async fn calls_to_a_peer_that_does_not_read_stop_at_the_question_limit() {
+    let mut tc = TransportConfig::default();
+    tc.queue_frames = 4;
+    let (session, raw) =
+        Raw::connect(Registry::new(), limits(|l| l.max_in_flight_out = 16), &tc).await;
+    let runtime = session.runtime();
+    let mut waiting = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let mut call = Box::pin(runtime.call("ping", Value::null()));
+        match futures_util::poll!(&mut call) {
+            std::task::Poll::Pending => waiting.push(call),
+            std::task::Poll::Ready(r) => {
+                assert_status(
+                    &r,
+                    Code::ResourceExhausted,
+                    Some(Reason::MAX_CONCURRENT_CALLS),
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(waiting.len(), 16, "the first 16 are sent and wait");
+    assert_eq!(refused, 184);
+    assert_eq!(session.stats().questions, 16);
+    // Dropped unanswered: each sends `cancel` and leaves the table.
+    drop(waiting);
+    eventually("the questions to be freed", || {
+        session.stats().questions == 0
+    })
+    .await;
+    drop(raw);
+}
+
 /// Hitting every limit again and again leaves the tables as they were and
 /// does not grow this thread's heap.
 #[tokio::test]
