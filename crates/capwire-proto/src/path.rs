@@ -12,7 +12,7 @@ use crate::frame::PathSeg;
 use crate::payload::Payload;
 use crate::status::{Code, Status};
 
-/// Why a path did not lead to a capability: always `invalid_argument` ([S9]).
+/// Why a path did not lead to a capability: always `invalid_argument` (\[S9\]).
 fn bad_path(path: &[PathSeg], what: impl std::fmt::Display) -> Status {
     Status::new(
         Code::InvalidArgument,
@@ -63,7 +63,7 @@ impl Payload {
     /// it ends at: the capability it names is entry `n` of the value's `caps`.
     ///
     /// Fails with `invalid_argument` when the path is missing, crosses plain
-    /// data, or ends at something that is not a placeholder ([S9]).
+    /// data, or ends at something that is not a placeholder (\[S9\]).
     ///
     /// ```
     /// use capwire_proto::{Codec, PathSeg, Payload};

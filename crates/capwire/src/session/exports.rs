@@ -20,7 +20,7 @@ pub(crate) struct Exports {
     entries: IdMap<Export>,
     /// Revoked ids -> introductions the peer has not released yet. The object
     /// is gone; the count stays until the peer's releases bring it to 0, so a
-    /// release that crossed the `revoked` frame is not a violation ([S23]).
+    /// release that crossed the `revoked` frame is not a violation (\[S23\]).
     revoked: IdMap<u64>,
     /// Object address -> id, so an object exported twice keeps one id.
     by_object: IdMap<u64>,

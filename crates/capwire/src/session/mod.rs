@@ -527,7 +527,7 @@ impl Shared {
     }
 
     /// The largest frame this side may send: its own limit, or the peer's
-    /// announced one if smaller ([S2]).
+    /// announced one if smaller (\[S2\]).
     fn frame_limit(&self) -> usize {
         self.sender
             .max_frame_bytes()
@@ -925,7 +925,7 @@ impl Shared {
     }
 
     /// Sends the promises among `args` that go to this session first, so
-    /// that they can travel as `answer` descriptors ([S14]).
+    /// that they can travel as `answer` descriptors (\[S14\]).
     async fn send_arg_promises(self: &Arc<Self>, args: &Value) {
         let me = Arc::as_ptr(self) as usize;
         for cap in &args.caps {
@@ -1639,7 +1639,7 @@ impl Shared {
     }
 
     /// Kept answer `id` settled: keep its outcome for pipelining and deliver
-    /// its queue. Calls that arrive meanwhile queue behind ([S15]).
+    /// its queue. Calls that arrive meanwhile queue behind (\[S15\]).
     fn settle(self: &Arc<Self>, id: u64, outcome: Result<Value, Status>) {
         let mut batch = self.lock().answers.settle(id, outcome.clone());
         loop {

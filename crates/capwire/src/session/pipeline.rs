@@ -1,4 +1,4 @@
-//! Promise pipelining, the callee's side (protocol.md §4.5, [S14]–[S16]).
+//! Promise pipelining, the callee's side (protocol.md §4.5, \[S14\]–\[S16\]).
 //!
 //! A call whose target is `{"answer": id, "path": [...]}` waits in the queue
 //! of kept answer `id` until it settles; then the queue is delivered in
@@ -41,7 +41,7 @@ impl Queued {
     }
 }
 
-/// The capability at `path` of a settled answer ([S9]).
+/// The capability at `path` of a settled answer (\[S9\]).
 pub(crate) fn resolve(
     outcome: &Result<Value, Status>,
     path: &[PathSeg],

@@ -98,7 +98,7 @@ impl Questions {
     /// Fails the questions addressed to any of `caps` with `status`.
     /// Calls are removed and returned, to be settled outside the lock;
     /// streams hear the error now and stay until their terminal frame, which
-    /// the callee still sends ([S23]).
+    /// the callee still sends (\[S23\]).
     pub(crate) fn fail_for_caps(&mut self, caps: &[u64], status: &Status) -> Vec<Question> {
         let ids: Vec<u64> = self
             .entries
