@@ -179,20 +179,27 @@ pub fn encode_bytes(frame: &Frame, codec: Codec) -> Result<Bytes, EncodeError> {
         encode_into(frame, codec, &mut out)?;
         return Ok(out.freeze());
     }
-    SCRATCH.with(|scratch| {
-        let Ok(mut out) = scratch.try_borrow_mut() else {
-            let mut out = BytesMut::new();
-            encode_into(frame, codec, &mut out)?;
-            return Ok(out.freeze());
-        };
-        out.clear();
+    let own_buffer = || {
+        let mut out = BytesMut::new();
         encode_into(frame, codec, &mut out)?;
-        let bytes = Bytes::copy_from_slice(&out);
-        if out.capacity() > MAX_KEPT_SCRATCH {
-            *out = BytesMut::new();
-        }
-        Ok(bytes)
-    })
+        Ok(out.freeze())
+    };
+    // A frame encoded while this thread's locals are torn down, or while
+    // the scratch is in use further up the stack, gets a buffer of its own.
+    SCRATCH
+        .try_with(|scratch| {
+            let Ok(mut out) = scratch.try_borrow_mut() else {
+                return own_buffer();
+            };
+            out.clear();
+            encode_into(frame, codec, &mut out)?;
+            let bytes = Bytes::copy_from_slice(&out);
+            if out.capacity() > MAX_KEPT_SCRATCH {
+                *out = BytesMut::new();
+            }
+            Ok(bytes)
+        })
+        .unwrap_or_else(|_| own_buffer())
 }
 
 thread_local! {

@@ -282,6 +282,10 @@ pub(crate) fn decode(frame: &Bytes) -> Option<Frame> {
     (r.pos == frame.len()).then_some(decoded)
 }
 
+/// The most entries reserved up front for an array whose length a frame
+/// announces: a hostile length is paid for only as far as the frame backs it.
+const PREALLOCATE: usize = 16;
+
 struct Reader<'a> {
     buf: &'a Bytes,
     pos: usize,
@@ -396,7 +400,8 @@ impl Reader<'_> {
         if n > self.buf.len() - self.pos {
             return None;
         }
-        let mut path = Vec::with_capacity(n);
+        // The count is the peer's word: reserve a little, grow with what is read.
+        let mut path = Vec::with_capacity(n.min(PREALLOCATE));
         for _ in 0..n {
             let seg = match self.buf.get(self.pos).copied().map(Marker::from_u8)? {
                 Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
@@ -449,7 +454,7 @@ impl Reader<'_> {
         if n > self.buf.len() - self.pos {
             return None;
         }
-        let mut caps = Vec::with_capacity(n);
+        let mut caps = Vec::with_capacity(n.min(PREALLOCATE));
         for _ in 0..n {
             let r = self.reference()?;
             caps.push(match (r.export, r.import, r.answer) {
@@ -751,6 +756,19 @@ mod tests {
         for n in 0..base.len() {
             assert!(decode(&Bytes::copy_from_slice(&base[..n])).is_none());
         }
+    }
+
+    /// An array length the frame backs only with junk is not reserved up
+    /// front: a megabyte of `nil`s claiming to be a million descriptors (40
+    /// MB if reserved) is refused, and serde refuses it too.
+    #[test]
+    fn announced_lengths_are_not_reserved_up_front() {
+        let n = 1usize << 20;
+        let mut bytes = b"\x81\xa6result\x83\xa2id\x01\xa2ok\xc4\x01\xc0\xa4caps\xdd".to_vec();
+        bytes.extend_from_slice(&(n as u32).to_be_bytes());
+        bytes.extend_from_slice(&vec![0xc0u8; n]);
+        assert!(decode(&Bytes::from(bytes.clone())).is_none());
+        assert!(decode_as(Codec::Msgpack, &bytes).is_err());
     }
 
     fn arb_path() -> impl Strategy<Value = Vec<PathSeg>> {

@@ -152,20 +152,24 @@ thread_local! {
 const MAX_KEPT_SCRATCH: usize = 1 << 20;
 
 fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
-    SCRATCH.with(|scratch| {
-        // A value whose serialization encodes another payload finds the
-        // scratch in use, and takes a buffer of its own.
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
-            return Ok(Bytes::from(rmp_serde::to_vec_named(value)?));
-        };
-        buf.clear();
-        let written = rmp_serde::encode::write_named(&mut *buf, value);
-        let out = written.map(|()| Bytes::copy_from_slice(&buf));
-        if buf.capacity() > MAX_KEPT_SCRATCH {
-            *buf = Vec::new();
-        }
-        Ok(out?)
-    })
+    let own_buffer = || Ok(Bytes::from(rmp_serde::to_vec_named(value)?));
+    // A value whose serialization encodes another payload finds the scratch
+    // in use, and one encoded while this thread's locals are torn down finds
+    // none: both take a buffer of their own.
+    SCRATCH
+        .try_with(|scratch| {
+            let Ok(mut buf) = scratch.try_borrow_mut() else {
+                return own_buffer();
+            };
+            buf.clear();
+            let written = rmp_serde::encode::write_named(&mut *buf, value);
+            let out = written.map(|()| Bytes::copy_from_slice(&buf));
+            if buf.capacity() > MAX_KEPT_SCRATCH {
+                *buf = Vec::new();
+            }
+            Ok(out?)
+        })
+        .unwrap_or_else(|_| own_buffer())
 }
 
 impl fmt::Debug for Payload {

@@ -62,7 +62,7 @@ pub(crate) struct RemoteCap {
 
 impl Drop for RemoteCap {
     fn drop(&mut self) {
-        // Never locks: a handle may be dropped while the session's lock is held.
+        // Never waits for the session lock: a handle may be dropped while it is held.
         if let Some(shared) = self.session.upgrade() {
             shared.queue_release(self.id, self.serial);
         }

@@ -118,7 +118,7 @@ pub(crate) struct KeptQuestion {
 
 impl Drop for KeptQuestion {
     fn drop(&mut self) {
-        // Never locks: a question may be dropped while the session lock is held.
+        // Never waits for the session lock: a question may be dropped while it is held.
         if let Some(shared) = self.session.upgrade() {
             shared.queue_finish(self.id);
         }

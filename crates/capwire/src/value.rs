@@ -12,6 +12,11 @@ use crate::capability::Capability;
 /// A capability inside the value is the placeholder `{"$cap": n}`, where `n`
 /// indexes [`Value::caps`]. [`Value::with_caps`] builds such values;
 /// [`Value::cap`] takes the capabilities out of a received one.
+///
+/// A value received over a connection is not copied out of the frame it
+/// arrived in: its payload shares that frame's read buffer, so keeping a
+/// received value for long keeps the buffer too. Decode it into a type of
+/// your own, or keep [`Value::detach`]ed copies.
 #[derive(Debug, Clone)]
 pub struct Value {
     pub(crate) payload: Payload,
@@ -89,5 +94,42 @@ impl Value {
     /// The encoded payload.
     pub fn payload(&self) -> &Payload {
         &self.payload
+    }
+
+    /// The same value with a payload that owns its memory (a copy), for a
+    /// received value kept for long: see the type's docs.
+    pub fn detach(&self) -> Value {
+        let payload = match &self.payload {
+            Payload::Msgpack(bytes) => Payload::Msgpack(bytes::Bytes::copy_from_slice(bytes)),
+            json => json.clone(),
+        };
+        Value {
+            payload,
+            caps: self.caps.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A detached value holds the same bytes in memory of its own, not a
+    /// slice of the (larger) buffer it came from.
+    #[test]
+    fn detach_copies_a_shared_payload() {
+        let frame = bytes::Bytes::from(vec![0xa1, b'x', 0xc0, 0xc0, 0xc0]);
+        let value = Value::from_payload(Payload::Msgpack(frame.slice(0..2)));
+        let detached = value.detach();
+        assert_eq!(detached.payload(), value.payload());
+        assert_eq!(detached.decode::<String>().expect("a string"), "x");
+        let Payload::Msgpack(own) = detached.payload() else {
+            panic!("still MessagePack");
+        };
+        let range = frame.as_ptr_range();
+        assert!(
+            !range.contains(&own.as_ptr()),
+            "the copy is not in the frame"
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use capwire::proto::{Frame, Outcome};
@@ -194,4 +195,74 @@ async fn child_calls_inherit_the_remaining_budget() {
         assert!(c_stop.cancelled && !c_stop.completed);
         assert_eq!(c_stop.at, a_deadline);
     }
+}
+
+/// A call pipelined on an answer that settles only after the call's own
+/// deadline (plus grace) has passed is answered `deadline_exceeded` when its
+/// turn comes, not run: the callee checks the deadline before it starts a
+/// handler, also when it starts it inline.
+#[tokio::test]
+async fn a_pipelined_call_past_its_deadline_when_delivered_is_not_run() {
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = ran.clone();
+    let registry = Registry::new();
+    registry
+        .serve(
+            "slow",
+            "1.0",
+            Methods::new("Slow").method("later", move |_args, ctx| {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let target = Methods::new("Target").method("hit", move |_args, _ctx| {
+                        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                        async move { Value::new(&1) }
+                    });
+                    Ok(Value::capability(ctx.export(target)))
+                }
+            }),
+        )
+        .expect("serve")
+        .forget();
+    let mut config = SessionConfig::default();
+    config.deadline_grace = Duration::ZERO;
+    let (_session, mut raw) = Raw::handshake(registry, config).await;
+    raw.send(Frame::Call(call_frame(
+        1,
+        0,
+        "bootstrap",
+        serde_json::json!({"name": "slow"}),
+    )))
+    .await;
+    let slow = match raw.result().await {
+        (1, Outcome::Ok { caps, .. }) => match caps.first() {
+            Some(capwire::proto::CapDescriptor::Export(id)) => *id,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let mut later = call_frame(2, slow, "later", serde_json::json!([]));
+    later.keep = true;
+    let mut hit = call_frame(3, 0, "hit", serde_json::json!([]));
+    hit.target = capwire::proto::Target::Answer {
+        id: 2,
+        path: vec![],
+    };
+    hit.deadline_ms = Some(1);
+    raw.send(Frame::Call(later)).await;
+    raw.send(Frame::Call(hit)).await;
+    let mut late = None;
+    for _ in 0..2 {
+        if let (3, outcome) = raw.result().await {
+            late = Some(outcome);
+        }
+    }
+    match late {
+        Some(Outcome::Err(s)) => assert_eq!(s.code, Code::DeadlineExceeded, "{s}"),
+        other => panic!("expected deadline_exceeded for the late call, got {other:?}"),
+    }
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "the handler never ran"
+    );
 }

@@ -647,45 +647,51 @@ impl Shared {
     }
 
     /// The last handle to import `id` is gone: `release`, now if the
-    /// session lock is free, else from the release task.
+    /// session lock can be taken without waiting, else from the release task.
     pub(crate) fn queue_release(self: &Arc<Self>, id: u64, serial: u64) {
-        if self.lock_is_free() {
-            self.drop_import(id, serial);
-        } else {
-            let _ = self.releases.send(Dropped::Import { id, serial });
+        match self.try_lock_here() {
+            Some(st) => self.drop_import_locked(st, id, serial),
+            None => {
+                let _ = self.releases.send(Dropped::Import { id, serial });
+            }
         }
     }
 
     /// The last handle to kept question `id` is gone: `finish`, now if the
-    /// session lock is free, else from the release task.
+    /// session lock can be taken without waiting, else from the release task.
     pub(crate) fn queue_finish(self: &Arc<Self>, id: u64) {
-        if self.lock_is_free() {
-            self.drop_kept(id);
-        } else {
-            let _ = self.releases.send(Dropped::Kept(id));
+        match self.try_lock_here() {
+            Some(st) => self.drop_kept_locked(st, id),
+            None => {
+                let _ = self.releases.send(Dropped::Kept(id));
+            }
         }
     }
 
-    /// True when a dropped handle can do its table work here: no thread
-    /// holds the session lock, in particular not this one (a handle dropped
-    /// while the lock is held must not take it again: it is not reentrant).
-    /// Outside a runtime, the task does the work too: a frame that has to
-    /// wait for room in the queue needs the runtime to be sent.
-    fn lock_is_free(&self) -> bool {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return false;
-        }
+    /// The session lock, if a dropped handle can do its table work here:
+    /// taken without waiting (so never when this thread holds it already,
+    /// the lock is not reentrant, nor when another thread does), and only
+    /// inside a runtime (a frame that has to wait for room in the queue
+    /// needs one to be sent). A handle's drop never waits for the lock.
+    fn try_lock_here(&self) -> Option<MutexGuard<'_, State>> {
+        tokio::runtime::Handle::try_current().ok()?;
         match self.state.try_lock() {
-            Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => true,
-            Err(std::sync::TryLockError::WouldBlock) => false,
+            Ok(st) => Some(st),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 
     /// The last handle to kept question `id` is gone: the callee may free
     /// the answer (and cancels it if it has not settled).
     fn drop_kept(self: &Arc<Self>, id: u64) {
+        self.drop_kept_locked(self.lock(), id);
+    }
+
+    /// [`Shared::drop_kept`] with the lock already taken (released here).
+    fn drop_kept_locked(self: &Arc<Self>, st: MutexGuard<'_, State>, id: u64) {
         let unsettled = {
-            let mut st = self.lock();
+            let mut st = st;
             if st.ended.is_some() {
                 return;
             }
@@ -759,8 +765,13 @@ impl Shared {
     }
 
     fn drop_import(self: &Arc<Self>, id: u64, serial: u64) {
+        self.drop_import_locked(self.lock(), id, serial);
+    }
+
+    /// [`Shared::drop_import`] with the lock already taken (released here).
+    fn drop_import_locked(self: &Arc<Self>, st: MutexGuard<'_, State>, id: u64, serial: u64) {
         let released = {
-            let mut st = self.lock();
+            let mut st = st;
             let n = st.imports.dropped(id, serial);
             if st.ended.is_some() || id == BOOTSTRAP_CAP || id == RUNTIME_CAP {
                 return;
@@ -1546,12 +1557,22 @@ impl Shared {
             started,
             ..
         } = start;
-        let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
         let stop_at = if object.is_idempotent(&method) {
             None
         } else {
             deadline.map(|d| d + self.config.deadline_grace)
         };
+        // What `supervise` checks before it polls the handler: a call that
+        // waited in a pipeline queue may be stopped or past its deadline.
+        if cancel.is_cancelled() {
+            return self.finish_answer_now(id, cap, &method, started, None);
+        }
+        if stop_at.is_some_and(|at| Instant::now() >= at) {
+            let late = Err(ran_past_deadline(&method));
+            cancel.cancel();
+            return self.finish_answer_now(id, cap, &method, started, Some(late));
+        }
+        let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let first = SCOPE.sync_scope(scope.clone(), || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -1563,10 +1584,12 @@ impl Shared {
             }))
         });
         let fut = match first {
-            Ok(Ok(result)) => return self.finish_answer_now(id, cap, &method, started, result),
+            Ok(Ok(result)) => {
+                return self.finish_answer_now(id, cap, &method, started, Some(result))
+            }
             Err(_panic) => {
                 let result = Err(handler_panicked(&method));
-                return self.finish_answer_now(id, cap, &method, started, result);
+                return self.finish_answer_now(id, cap, &method, started, Some(result));
             }
             Ok(Err(fut)) => fut,
         };
@@ -1761,17 +1784,19 @@ impl Shared {
         self.retire_answer(id, cap, method, started, answered, sent);
     }
 
-    /// [`Shared::finish_answer`] for an answer computed on the reader: the
-    /// result is queued without waiting (the reader bounds the backlog).
+    /// [`Shared::finish_answer`] for an answer computed without waiting: the
+    /// result is queued without waiting for room. On the reader, the reader
+    /// bounds that backlog between frames; for calls a settling kept answer
+    /// delivers from a handler task, `max_pending_pipelined` does.
     fn finish_answer_now(
         self: &Arc<Self>,
         id: u64,
         cap: Option<u64>,
         method: &str,
         started: Started,
-        result: Result<Value, Status>,
+        result: Option<Result<Value, Status>>,
     ) {
-        let Some(answered) = self.answered(id, Some(result)) else {
+        let Some(answered) = self.answered(id, result) else {
             return;
         };
         let sent = self.send_queued(&answered.frame);
@@ -2088,6 +2113,14 @@ pub(crate) fn guarded<T: Send + 'static>(
     SCOPE.scope(scope, fut)
 }
 
+/// What a caller hears of a handler stopped by its deadline.
+fn ran_past_deadline(method: &str) -> Status {
+    Status::new(
+        Code::DeadlineExceeded,
+        format!("`{method}` ran past its deadline"),
+    )
+}
+
 /// What a caller hears of a handler that panicked (logged here).
 fn handler_panicked(method: &str) -> Status {
     tracing::error!(method = %method, "a handler panicked");
@@ -2112,10 +2145,7 @@ async fn supervise<T>(
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
-        _ = sleep_until(stop_at) => Some(Err(Status::new(
-            Code::DeadlineExceeded,
-            format!("`{method}` ran past its deadline"),
-        ))),
+        _ = sleep_until(stop_at) => Some(Err(ran_past_deadline(method))),
         r = &mut run => return Some(r),
     };
     cancel.cancel();
