@@ -165,45 +165,17 @@ pub fn encode(frame: &Frame, codec: Codec) -> Result<Vec<u8>, EncodeError> {
     encode_bytes(frame, codec).map(Vec::from)
 }
 
-/// Encodes one frame into `Bytes` of exactly its size.
-///
-/// The frame is written into a per-thread buffer and copied out once: a
-/// copy of a frame costs less than the allocations that writing it into a
-/// buffer of its own would take (one to grow it, one more to share it).
+/// Encodes one frame into `Bytes` of exactly its size: a small frame through
+/// a per-thread buffer it is copied out of, a large one into a buffer of its
+/// own (a copy of its payload would cost more than the buffer's allocations).
 pub fn encode_bytes(frame: &Frame, codec: Codec) -> Result<Bytes, EncodeError> {
     let hint = size_hint(frame);
     if hint > DIRECT_ENCODE {
-        // A large frame is written where it will stay: a copy of its payload
-        // costs more than the buffer's allocations.
         let mut out = BytesMut::with_capacity(hint);
         encode_into(frame, codec, &mut out)?;
         return Ok(out.freeze());
     }
-    let own_buffer = || {
-        let mut out = BytesMut::new();
-        encode_into(frame, codec, &mut out)?;
-        Ok(out.freeze())
-    };
-    // A frame encoded while this thread's locals are torn down, or while
-    // the scratch is in use further up the stack, gets a buffer of its own.
-    SCRATCH
-        .try_with(|scratch| {
-            let Ok(mut out) = scratch.try_borrow_mut() else {
-                return own_buffer();
-            };
-            out.clear();
-            encode_into(frame, codec, &mut out)?;
-            let bytes = Bytes::copy_from_slice(&out);
-            if out.capacity() > MAX_KEPT_SCRATCH {
-                *out = BytesMut::new();
-            }
-            Ok(bytes)
-        })
-        .unwrap_or_else(|_| own_buffer())
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    crate::scratch::encode_exact(|out| encode_into(frame, codec, out))
 }
 
 /// Frames expected to be larger than this are encoded into a buffer of their own.
@@ -222,9 +194,6 @@ fn size_hint(frame: &Frame) -> usize {
     };
     payload + 96
 }
-
-/// Scratch space kept between frames; a larger one is given back after use.
-const MAX_KEPT_SCRATCH: usize = 1 << 20;
 
 /// Appends the encoding of `frame` to `out`. On error `out` is left as it was.
 pub fn encode_into(frame: &Frame, codec: Codec, out: &mut BytesMut) -> Result<(), EncodeError> {

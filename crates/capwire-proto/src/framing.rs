@@ -179,6 +179,24 @@ fn prefix_len(buf: &[u8]) -> usize {
     u32::from_be_bytes(prefix) as usize
 }
 
+/// Appends the length prefix of a frame of `len` bytes (length-prefixed
+/// framing), for a writer that sends the frame's bytes from where they are.
+pub fn encode_prefix(
+    len: usize,
+    max_frame_bytes: usize,
+    out: &mut BytesMut,
+) -> Result<(), FramingError> {
+    let too_large = FramingError::TooLarge {
+        len,
+        max: max_frame_bytes,
+    };
+    if len > max_frame_bytes {
+        return Err(too_large);
+    }
+    out.put_u32(u32::try_from(len).map_err(|_| too_large)?);
+    Ok(())
+}
+
 /// Appends `frame` to `out` with the given framing.
 ///
 /// Fails, leaving `out` unchanged, when the frame exceeds `max_frame_bytes`
@@ -198,9 +216,8 @@ pub fn encode_frame(
     }
     match framing {
         Framing::LengthPrefixed => {
-            let len = u32::try_from(frame.len()).map_err(|_| too_large)?;
             out.reserve(PREFIX_LEN + frame.len());
-            out.put_u32(len);
+            encode_prefix(frame.len(), max_frame_bytes, out)?;
             out.put_slice(frame);
         }
         Framing::Ndjson => {

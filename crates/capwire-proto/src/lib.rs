@@ -40,6 +40,7 @@ pub mod frame;
 pub mod framing;
 mod path;
 pub mod payload;
+mod scratch;
 pub mod status;
 
 pub use codec::{Codec, DecodeError, EncodeError, MAX_DECODE_DEPTH};

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Serialize};
@@ -141,35 +141,10 @@ impl Payload {
     }
 }
 
-thread_local! {
-    /// Where MessagePack payloads are written before they are copied out at
-    /// their exact size: a value's encoding grows its buffer step by step,
-    /// and here that happens once per thread, not once per value.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Scratch space kept between values; a larger one is given back after use.
-const MAX_KEPT_SCRATCH: usize = 1 << 20;
-
 fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
-    let own_buffer = || Ok(Bytes::from(rmp_serde::to_vec_named(value)?));
-    // A value whose serialization encodes another payload finds the scratch
-    // in use, and one encoded while this thread's locals are torn down finds
-    // none: both take a buffer of their own.
-    SCRATCH
-        .try_with(|scratch| {
-            let Ok(mut buf) = scratch.try_borrow_mut() else {
-                return own_buffer();
-            };
-            buf.clear();
-            let written = rmp_serde::encode::write_named(&mut *buf, value);
-            let out = written.map(|()| Bytes::copy_from_slice(&buf));
-            if buf.capacity() > MAX_KEPT_SCRATCH {
-                *buf = Vec::new();
-            }
-            Ok(out?)
-        })
-        .unwrap_or_else(|_| own_buffer())
+    Ok(crate::scratch::encode_exact(|out| {
+        rmp_serde::encode::write_named(&mut out.writer(), value)
+    })?)
 }
 
 impl fmt::Debug for Payload {

@@ -28,11 +28,20 @@ fn arb_payload(codec: Codec) -> impl Strategy<Value = Payload> {
     arb_json().prop_map(move |v| Payload::encode(codec, &v).expect("encode payload"))
 }
 
+/// Integers of every MessagePack width: small ones are where encodings differ.
+fn arb_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![0..300u64, 300..70_000u64, any::<u64>()]
+}
+
+fn arb_u32() -> impl Strategy<Value = u32> {
+    prop_oneof![0..300u32, any::<u32>()]
+}
+
 fn arb_path() -> impl Strategy<Value = Vec<PathSeg>> {
     prop::collection::vec(
         prop_oneof![
             "[a-z]{0,6}".prop_map(PathSeg::Key),
-            any::<u64>().prop_map(PathSeg::Index)
+            arb_u64().prop_map(PathSeg::Index)
         ],
         0..3,
     )
@@ -41,9 +50,9 @@ fn arb_path() -> impl Strategy<Value = Vec<PathSeg>> {
 fn arb_caps() -> impl Strategy<Value = Vec<CapDescriptor>> {
     prop::collection::vec(
         prop_oneof![
-            any::<u64>().prop_map(CapDescriptor::Export),
-            any::<u64>().prop_map(CapDescriptor::Import),
-            (any::<u64>(), arb_path()).prop_map(|(id, path)| CapDescriptor::Answer { id, path }),
+            arb_u64().prop_map(CapDescriptor::Export),
+            arb_u64().prop_map(CapDescriptor::Import),
+            (arb_u64(), arb_path()).prop_map(|(id, path)| CapDescriptor::Answer { id, path }),
         ],
         0..3,
     )
@@ -69,17 +78,17 @@ fn arb_status() -> impl Strategy<Value = Status> {
 
 fn arb_target() -> impl Strategy<Value = Target> {
     prop_oneof![
-        any::<u64>().prop_map(Target::Cap),
-        (any::<u64>(), arb_path()).prop_map(|(id, path)| Target::Answer { id, path }),
+        arb_u64().prop_map(Target::Cap),
+        (arb_u64(), arb_path()).prop_map(|(id, path)| Target::Answer { id, path }),
     ]
 }
 
 fn arb_frame(codec: Codec) -> impl Strategy<Value = Frame> {
     prop_oneof![
         (
-            any::<u32>(),
+            arb_u32(),
             prop::collection::vec("[a-z]{1,8}", 0..3),
-            prop::option::of(any::<u32>()),
+            prop::option::of(arb_u32()),
             prop::option::of(".{0,8}"),
             prop::option::of("[a-f0-9]{0,8}")
         )
@@ -96,15 +105,15 @@ fn arb_frame(codec: Codec) -> impl Strategy<Value = Frame> {
                 resume
             })),
         (
-            any::<u64>(),
+            arb_u64(),
             arb_target(),
             "[a-zA-Z_.]{0,12}",
             arb_payload(codec),
             arb_caps(),
-            prop::option::of(any::<u64>()),
-            prop::option::of(any::<u64>()),
+            prop::option::of(arb_u64()),
+            prop::option::of(arb_u64()),
             any::<bool>(),
-            prop::option::of(any::<u32>())
+            prop::option::of(arb_u32())
         )
             .prop_map(
                 |(id, target, method, args, caps, parent, deadline_ms, keep, stream)| {
@@ -121,30 +130,29 @@ fn arb_frame(codec: Codec) -> impl Strategy<Value = Frame> {
                     })
                 }
             ),
-        (any::<u64>(), arb_payload(codec), arb_caps()).prop_map(|(id, value, caps)| {
+        (arb_u64(), arb_payload(codec), arb_caps()).prop_map(|(id, value, caps)| {
             Frame::Result(CallResult {
                 id,
                 outcome: Outcome::Ok { value, caps },
             })
         }),
-        (any::<u64>(), arb_status()).prop_map(|(id, s)| Frame::Result(CallResult {
+        (arb_u64(), arb_status()).prop_map(|(id, s)| Frame::Result(CallResult {
             id,
             outcome: Outcome::Err(s)
         })),
-        (any::<u64>(), arb_payload(codec), arb_caps())
+        (arb_u64(), arb_payload(codec), arb_caps())
             .prop_map(|(id, value, caps)| Frame::Item(StreamItem { id, value, caps })),
-        any::<u64>().prop_map(|id| Frame::End(StreamEnd { id })),
-        (any::<u64>(), arb_status())
-            .prop_map(|(id, err)| Frame::StreamError(StreamError { id, err })),
-        (any::<u64>(), any::<u32>()).prop_map(|(id, n)| Frame::Credit(Credit { id, n })),
-        any::<u64>().prop_map(|id| Frame::Cancel(Cancel { id })),
-        any::<u64>().prop_map(|id| Frame::Finish(Finish { id })),
-        (any::<u64>(), any::<u32>()).prop_map(|(cap, n)| Frame::Release(Release { cap, n })),
-        prop::collection::vec(any::<u64>(), 0..4).prop_map(|caps| Frame::Revoked(Revoked { caps })),
-        (arb_status(), any::<u64>())
+        arb_u64().prop_map(|id| Frame::End(StreamEnd { id })),
+        (arb_u64(), arb_status()).prop_map(|(id, err)| Frame::StreamError(StreamError { id, err })),
+        (arb_u64(), arb_u32()).prop_map(|(id, n)| Frame::Credit(Credit { id, n })),
+        arb_u64().prop_map(|id| Frame::Cancel(Cancel { id })),
+        arb_u64().prop_map(|id| Frame::Finish(Finish { id })),
+        (arb_u64(), arb_u32()).prop_map(|(cap, n)| Frame::Release(Release { cap, n })),
+        prop::collection::vec(arb_u64(), 0..4).prop_map(|caps| Frame::Revoked(Revoked { caps })),
+        (arb_status(), arb_u64())
             .prop_map(|(status, grace_ms)| Frame::Goaway(Goaway { status, grace_ms })),
-        any::<u64>().prop_map(|nonce| Frame::Ping(Ping { nonce })),
-        any::<u64>().prop_map(|nonce| Frame::Pong(Pong { nonce })),
+        arb_u64().prop_map(|nonce| Frame::Ping(Ping { nonce })),
+        arb_u64().prop_map(|nonce| Frame::Pong(Pong { nonce })),
     ]
 }
 
@@ -173,6 +181,33 @@ proptest! {
             let Frame::Call(back) = back else { panic!("not a call") };
             prop_assert_eq!(back.args.to_json().expect("json"), call.args.to_json().expect("json"));
         }
+    }
+
+    /// Every MessagePack frame encodes to serde's bytes, whether the direct
+    /// encoder (call path frames) or serde itself wrote it.
+    #[test]
+    fn msgpack_frames_are_serdes_bytes(frame in arb_frame(Codec::Msgpack)) {
+        let mut serde_bytes = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut serde_bytes).with_struct_map();
+        serde::Serialize::serialize(&frame, &mut ser).expect("serde encodes");
+        prop_assert_eq!(&codec::encode_bytes(&frame, Codec::Msgpack).expect("encode")[..], &serde_bytes[..]);
+    }
+
+    /// The direct decoder is only a shortcut: on any frame, damaged or not,
+    /// `decode_bytes` answers what serde answers.
+    #[test]
+    fn decode_bytes_answers_what_serde_answers(
+        frame in arb_frame(Codec::Msgpack),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut bytes = codec::encode(&frame, Codec::Msgpack).expect("encode");
+        for (at, byte) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        let fast = codec::decode_bytes(&bytes::Bytes::from(bytes.clone())).map(|(f, _)| f);
+        let slow = codec::decode_as(Codec::Msgpack, &bytes);
+        prop_assert_eq!(fast.ok(), slow.ok());
     }
 
     #[test]
