@@ -573,8 +573,9 @@ impl Shared {
     }
 
     /// Sends without waiting, like [`Shared::send_nowait`], but tells why a
-    /// frame could not be sent. For the reader's own answers: the reader
-    /// bounds the backlog between frames (`backpressure`).
+    /// frame could not be sent. For frames whose number something else
+    /// bounds: the reader's own answers (it checks the backlog between
+    /// frames, `backpressure`) and calls (the question limit).
     fn send_queued(&self, frame: &Frame) -> Result<(), Status> {
         let bytes = self.encode(frame)?;
         let len = bytes.len();
@@ -1574,7 +1575,7 @@ impl Shared {
         }
         let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        let first = SCOPE.sync_scope(scope.clone(), || {
+        let first = SCOPE.sync_scope(scope, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 let mut fut = object.call(&method, args, ctx);
                 match fut.as_mut().poll(&mut cx) {
@@ -1595,6 +1596,11 @@ impl Shared {
         };
         // It waits: the task polls it again first thing, which registers the
         // task's waker in place of the no-op one of the first poll.
+        let scope = CallScope {
+            cancel: cancel.clone(),
+            deadline,
+            answer: id,
+        };
         let shared = self.clone();
         tokio::spawn(async move {
             let run = {
@@ -1777,10 +1783,10 @@ impl Shared {
         started: Started,
         result: Option<Result<Value, Status>>,
     ) {
-        let Some(answered) = self.answered(id, result) else {
+        let Some((frame, answered)) = self.answered(id, result) else {
             return;
         };
-        let sent = self.send(answered.frame.clone()).await;
+        let sent = self.send(frame).await;
         self.retire_answer(id, cap, method, started, answered, sent);
     }
 
@@ -1796,10 +1802,10 @@ impl Shared {
         started: Started,
         result: Option<Result<Value, Status>>,
     ) {
-        let Some(answered) = self.answered(id, result) else {
+        let Some((frame, answered)) = self.answered(id, result) else {
             return;
         };
-        let sent = self.send_queued(&answered.frame);
+        let sent = self.send_queued(&frame);
         self.retire_answer(id, cap, method, started, answered, sent);
     }
 
@@ -1810,7 +1816,7 @@ impl Shared {
         self: &Arc<Self>,
         id: u64,
         result: Option<Result<Value, Status>>,
-    ) -> Option<Answered> {
+    ) -> Option<(Frame, Answered)> {
         let mut st = self.lock();
         let stopped = st.answers.stopped(id)?;
         let result =
@@ -1843,12 +1849,15 @@ impl Shared {
                     (Outcome::Err(status), Vec::new(), code)
                 }
             };
-        Some(Answered {
-            frame: Frame::Result(CallResult { id, outcome }),
-            sent_caps,
-            code,
-            kept,
-        })
+        let frame = Frame::Result(CallResult { id, outcome });
+        Some((
+            frame,
+            Answered {
+                sent_caps,
+                code,
+                kept,
+            },
+        ))
     }
 
     /// After the result was sent (or could not be): settles a kept answer,
@@ -1866,7 +1875,6 @@ impl Shared {
             sent_caps,
             mut code,
             mut kept,
-            ..
         } = answered;
         if let Err(status) = sent {
             // Typically a result over a frame limit ([S2]): the caller gets
@@ -2047,9 +2055,8 @@ pub(crate) struct StartAnswer {
     credit: Option<Arc<Credit>>,
 }
 
-/// A `result` ready to go out, and what to do once it went.
+/// What to do once an answer's `result` went out (or could not).
 struct Answered {
-    frame: Frame,
     /// The introductions it carries, taken back if it cannot be sent.
     sent_caps: Vec<CapDescriptor>,
     code: Code,

@@ -4,8 +4,8 @@
 
 use std::io::IoSlice;
 
-use bytes::{BufMut, BytesMut};
-use capwire_proto::framing::{encode_frame, Framing};
+use bytes::BytesMut;
+use capwire_proto::framing::{encode_frame, encode_prefix, Framing};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -69,20 +69,24 @@ async fn run<W: AsyncWrite + Unpin>(
         while let Some(msg) = next.take() {
             match msg {
                 Outgoing::Frame(frame)
-                    if frame.len() >= DIRECT_WRITE
-                        && framing == Framing::LengthPrefixed
-                        && frame.len() <= max_frame_bytes
-                        && u32::try_from(frame.len()).is_ok() =>
+                    if frame.len() >= DIRECT_WRITE && framing == Framing::LengthPrefixed =>
                 {
                     // A large frame is not copied into the batch: the batch,
                     // with its length prefix at the end, and the frame go out
                     // in one vectored write.
-                    buf.put_u32(frame.len() as u32);
-                    if let Err(e) = write_both(&mut io, &buf, &frame).await {
-                        tracing::debug!(error = %e, "write failed; stopping writer");
-                        return;
+                    match encode_prefix(frame.len(), max_frame_bytes, &mut buf) {
+                        Err(e) => {
+                            // Senders check the size first.
+                            tracing::warn!(error = %e, "dropping a frame the framing cannot carry");
+                        }
+                        Ok(()) => {
+                            if let Err(e) = write_both(&mut io, &buf, &frame).await {
+                                tracing::debug!(error = %e, "write failed; stopping writer");
+                                return;
+                            }
+                            buf.clear();
+                        }
                     }
-                    buf.clear();
                 }
                 Outgoing::Frame(frame) => {
                     if let Err(e) = encode_frame(framing, &frame, max_frame_bytes, &mut buf) {
