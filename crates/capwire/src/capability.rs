@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::attestation::{Attestation, TransportKind};
 use crate::object::{CallContext, Items, Object};
 use crate::promise::{resolve_local, MethodName, PendingCall, Promise, PromiseCore, Sent};
+use crate::session::deadline;
 use crate::session::{current_scope, AnswerRef, CallScope, Shared, WireTarget};
 use crate::stream::{ItemStream, StreamOptions};
 use crate::value::Value;
@@ -291,11 +292,7 @@ impl Capability {
 
 /// A call's deadline: its own timeout, never past its parent's deadline.
 fn call_deadline(timeout: Option<Duration>, scope: Option<&CallScope>) -> Option<Instant> {
-    let mut deadline = timeout.map(|t| Instant::now() + t);
-    if let Some(parent) = scope.and_then(|s| s.deadline) {
-        deadline = Some(deadline.map_or(parent, |d| d.min(parent)));
-    }
-    deadline
+    deadline::inherit(timeout, scope.and_then(|s| s.deadline), Instant::now())
 }
 
 /// The context of a call to an object in this process.
@@ -327,7 +324,7 @@ pub(crate) async fn call_local(
     tokio::select! {
         r = call => r,
         _ = cancel.cancelled() => Err(Status::new(Code::Cancelled, "the parent call was cancelled")),
-        _ = crate::session::sleep_until(deadline) => Err(Status::new(
+        _ = deadline::sleep_until(deadline) => Err(Status::new(
             Code::DeadlineExceeded,
             format!("`{method}` did not finish before its deadline"),
         )),

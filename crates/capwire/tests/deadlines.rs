@@ -266,3 +266,29 @@ async fn a_pipelined_call_past_its_deadline_when_delivered_is_not_run() {
         "the handler never ran"
     );
 }
+
+/// protocol.md §5.3: `deadline_ms: 0` has expired on arrival. The handler
+/// never runs; the caller hears `deadline_exceeded`. A `deadline_ms` too large
+/// to represent is no deadline at all, never a panic.
+#[tokio::test]
+async fn a_zero_deadline_expired_on_arrival_and_a_huge_one_is_none() {
+    let (registry, _served, mut probe) = probe_registry();
+    let (session, mut raw) = Raw::handshake(registry, SessionConfig::default()).await;
+    let cap = raw.bootstrap(1, "probe").await;
+    let mut call = call_frame(2, cap, "hang", serde_json::json!([]));
+    call.deadline_ms = Some(0);
+    raw.send(Frame::Call(call)).await;
+    let status = raw.error(2).await;
+    assert_eq!(status.code, Code::DeadlineExceeded, "{status}");
+    assert!(status.message.contains("deadline_ms 0"), "{status}");
+    assert!(probe.none_stopped(), "nothing ran, so nothing stopped");
+    assert_eq!(session.stats().answers, 0, "`hang` never started");
+
+    let mut call = call_frame(3, cap, "sleep", serde_json::json!([0]));
+    call.deadline_ms = Some(u64::MAX);
+    raw.send(Frame::Call(call)).await;
+    match raw.result().await {
+        (3, Outcome::Ok { .. }) => {}
+        other => panic!("a huge deadline must run the call, got {other:?}"),
+    }
+}

@@ -7,6 +7,7 @@
 //! synchronously ([`Shared::start_plain`]: the question is in the table and
 //! its frame queued before it is first polled to completion), then only waits.
 
+use super::deadline;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::questions::Reply;
-use super::{cancelled, sleep_until, CallScope, Shared, WireTarget};
+use super::{cancelled, CallScope, Shared, WireTarget};
 use crate::capability::Capability;
 use crate::events::{Direction, Event, Started};
 use crate::promise::MethodName;
@@ -189,7 +190,7 @@ async fn wait_bounded(
 ) -> (Result<Value, Status>, bool) {
     tokio::select! {
         r = reply => (r.unwrap_or_else(|_| Err(closed())), true),
-        _ = sleep_until(deadline) => (Err(Status::new(
+        _ = deadline::sleep_until(deadline) => (Err(Status::new(
             Code::DeadlineExceeded,
             format!("`{}` did not answer before its deadline", &*method),
         )), false),

@@ -1,5 +1,6 @@
 //! Stream calls: the caller's end ([`RemoteItems`]) and the callee's pump.
 
+use super::deadline;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -9,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::flow::{grant_batch, Credit};
-use super::{sleep_until, supervise, Shared, StartAnswer, SCOPE};
+use super::{supervise, Shared, StartAnswer, SCOPE};
 use crate::capability::Capability;
 use crate::events::{Direction, Event};
 use crate::object::Object;
@@ -101,7 +102,7 @@ impl Shared {
             started,
             ..
         } = start;
-        let stop_at = deadline.map(|d| d + self.config.deadline_grace);
+        let stop_at = deadline::stop_at(deadline, self.config.deadline_grace, false);
         let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
         let pump = async {
             let Some(object) = object else {
@@ -119,12 +120,7 @@ impl Shared {
                 Err(status) => return Some(Err(status)),
             };
             let mut items = std::panic::AssertUnwindSafe(items).catch_unwind();
-            let past_deadline = || {
-                Status::new(
-                    Code::DeadlineExceeded,
-                    format!("stream `{method}` ran past its deadline"),
-                )
-            };
+            let past_deadline = || deadline::ran_past(&format!("stream {method}"));
             let mut sent = 0u64;
             loop {
                 // The common case costs no waiters: credit is there and the
@@ -133,7 +129,7 @@ impl Shared {
                 if cancel.is_cancelled() {
                     return None;
                 }
-                if stop_at.is_some_and(|at| Instant::now() >= at) {
+                if deadline::passed(stop_at, Instant::now()) {
                     return Some(Err(past_deadline()));
                 }
                 let have_credit = credit.try_take();
@@ -150,7 +146,7 @@ impl Shared {
                     None => tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return None,
-                        _ = sleep_until(stop_at) => return Some(Err(past_deadline())),
+                        _ = deadline::sleep_until(stop_at) => return Some(Err(past_deadline())),
                         next = async {
                             if !have_credit {
                                 credit.acquire().await;

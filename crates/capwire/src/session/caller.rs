@@ -1,0 +1,432 @@
+//! The caller's side: questions this side asks (plain, kept, stream), and
+//! the `result`, `item` and stream-terminal frames that answer them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use capwire_proto::{
+    Call, CallResult, Cancel, Code, Frame, Outcome, PathSeg, Payload, Reason, Status, StreamItem,
+    Target,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::capability::{CapKind, Capability};
+use crate::events::{Direction, Event};
+use crate::promise::{KeptQuestion, MethodName};
+use crate::value::Value;
+
+use super::{deadline, questions, CallScope, Meta, RemoteItems, Reply, Shared};
+
+/// What a call on the wire is addressed to: a capability the peer exported,
+/// or the capability at a path of one of this side's kept questions.
+#[derive(Clone)]
+pub(crate) enum WireTarget {
+    Cap(u64),
+    Answer(u64, Arc<[PathSeg]>),
+}
+
+impl WireTarget {
+    /// The capability called, if it is one (revocation applies to it).
+    pub(super) fn cap(&self) -> Option<u64> {
+        match self {
+            WireTarget::Cap(cap) => Some(*cap),
+            WireTarget::Answer(..) => None,
+        }
+    }
+
+    pub(super) fn target(&self) -> Target {
+        match self {
+            WireTarget::Cap(cap) => Target::Cap(*cap),
+            WireTarget::Answer(id, path) => Target::Answer {
+                id: *id,
+                path: path.to_vec(),
+            },
+        }
+    }
+}
+
+impl Shared {
+    /// Counts and reports a kept or stream question that ended.
+    pub(super) fn record_outgoing(
+        &self,
+        cap: Option<u64>,
+        id: u64,
+        meta: Meta,
+        outcome: Code,
+        stream: bool,
+    ) {
+        self.counters.call_done(outcome);
+        let cap = cap.unwrap_or(u64::MAX);
+        let duration = meta.started.elapsed();
+        let method = meta.method;
+        self.emit_with(|| {
+            if stream {
+                Event::Stream {
+                    direction: Direction::Outgoing,
+                    cap,
+                    method,
+                    id,
+                    duration,
+                    outcome,
+                }
+            } else {
+                Event::Call {
+                    direction: Direction::Outgoing,
+                    cap,
+                    method,
+                    id,
+                    duration,
+                    outcome,
+                }
+            }
+        });
+    }
+
+    /// The consumer of stream `id` took `n` items: the callee may send `n` more.
+    pub(crate) fn grant(&self, id: u64, n: u32) {
+        {
+            let mut st = self.lock();
+            match st.questions.get_mut(id).map(|q| &mut q.reply) {
+                Some(Reply::Stream {
+                    tx: Some(_),
+                    credit,
+                    ..
+                }) => *credit = credit.saturating_add(u64::from(n)),
+                _ => return,
+            }
+        }
+        self.send_nowait(Frame::Credit(capwire_proto::Credit { id, n }));
+    }
+
+    /// The consumer of stream `id` went away: `cancel`. The question stays
+    /// until its terminal frame, so items still in flight are not violations.
+    pub(crate) fn cancel_stream(&self, id: u64) {
+        {
+            let mut st = self.lock();
+            match st.questions.get_mut(id).map(|q| &mut q.reply) {
+                Some(Reply::Stream { tx, .. }) if tx.is_some() => *tx = None,
+                _ => return,
+            }
+        }
+        self.send_nowait(Frame::Cancel(Cancel { id }));
+    }
+
+    /// Sends the promises among `args` that go to this session first, so
+    /// that they can travel as `answer` descriptors (\[S14\]).
+    pub(super) async fn send_arg_promises(self: &Arc<Self>, args: &Value) {
+        let me = Arc::as_ptr(self) as usize;
+        for cap in &args.caps {
+            if let CapKind::Promised(core, _) = &cap.kind {
+                if core.session() == Some(me) {
+                    core.ensure_sent().await;
+                }
+            }
+        }
+    }
+
+    /// Registers a question and builds its `call` frame. Nothing is sent yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn prepare(
+        self: &Arc<Self>,
+        target: &WireTarget,
+        method: &str,
+        (payload, caps): (Payload, &[Capability]),
+        deadline: Option<Instant>,
+        parent: Option<u64>,
+        reply: Reply,
+        keep: bool,
+        stream: Option<u32>,
+    ) -> Result<(u64, Frame), Status> {
+        let payload = payload
+            .into_codec(self.codec)
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+        let cap = target.cap();
+        let mut st = self.lock();
+        if let Some(s) = st.ended.as_ref().or(st.draining.as_ref()) {
+            return Err(Status::unavailable(format!(
+                "cannot call `{method}`: {}",
+                s.message
+            )));
+        }
+        if let Some(cap) = cap {
+            if st.revoked_imports.contains(cap) {
+                return Err(Status::revoked(format!("capability {cap}")));
+            }
+        }
+        let max = self.config.limits.max_in_flight_out;
+        if st.questions.len() >= max {
+            return Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max as u64));
+        }
+        let caps = self.describe_caps(&mut st, caps)?;
+        let id = st.questions.insert(cap, reply);
+        drop(st);
+        let deadline_ms = deadline::to_wire(deadline, Instant::now());
+        let frame = Frame::Call(Call {
+            id,
+            target: target.target(),
+            method: method.to_owned(),
+            args: payload,
+            caps,
+            parent,
+            deadline_ms,
+            keep,
+            stream,
+        });
+        Ok((id, frame))
+    }
+
+    /// Sends a prepared call. If it cannot be sent (too big, or the
+    /// connection is gone), the question and the introductions it carried
+    /// are taken back: there is nothing to cancel.
+    ///
+    /// A call does not wait for room in the transport queue: the frame goes
+    /// behind the others, and the question table's limit
+    /// (`max_in_flight_out`) bounds how many can wait there. So a call's
+    /// future holds no send state, only its reply.
+    pub(super) fn send_question(self: &Arc<Self>, id: u64, frame: Frame) -> Result<(), Status> {
+        let result = self.send_queued(&frame);
+        if result.is_err() {
+            let caps = match &frame {
+                Frame::Call(call) => call.caps.as_slice(),
+                _ => &[],
+            };
+            let mut st = self.lock();
+            st.questions.remove(id);
+            st.exports.unsend(caps);
+            drop(st);
+            self.notify_settled();
+        }
+        result
+    }
+
+    /// Makes a plain call and waits for its answer (two frames, nothing kept).
+    pub(crate) async fn call_plain(
+        self: &Arc<Self>,
+        target: &WireTarget,
+        method: MethodName,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+    ) -> Result<Value, Status> {
+        if !args.caps.is_empty() {
+            Box::pin(self.send_arg_promises(&args)).await;
+        }
+        self.start_plain(target, method, args, deadline, scope, None)?
+            .await
+    }
+
+    /// Sends a kept call: its answer stays at the callee, for pipelining,
+    /// until the returned question is dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn call_kept(
+        self: &Arc<Self>,
+        target: &WireTarget,
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+        target_handle: Capability,
+    ) -> Result<Arc<KeptQuestion>, Status> {
+        if !args.caps.is_empty() {
+            self.send_arg_promises(&args).await;
+        }
+        let (tx, rx) = watch::channel(None);
+        let meta = Meta {
+            method: method.to_owned(),
+            started: self.started(),
+        };
+        let parent = scope.as_ref().map(|s| s.answer);
+        let Value { payload, caps } = args;
+        let (id, frame) = self.prepare(
+            target,
+            method,
+            (payload, &caps),
+            deadline,
+            parent,
+            Reply::Kept { tx, meta },
+            true,
+            None,
+        )?;
+        let mut deps = caps;
+        deps.push(target_handle);
+        let kept = Arc::new(KeptQuestion {
+            session: Arc::downgrade(self),
+            id,
+            result: rx,
+            _deps: deps,
+        });
+        self.send_question(id, frame)?;
+        Ok(kept)
+    }
+
+    /// Sends a stream call granting `window` items up front.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open_stream(
+        self: &Arc<Self>,
+        target: &WireTarget,
+        method: &str,
+        args: Value,
+        deadline: Option<Instant>,
+        scope: Option<CallScope>,
+        window: Option<u32>,
+        mut deps: Vec<Capability>,
+    ) -> Result<RemoteItems, Status> {
+        let window = window.unwrap_or(self.config.stream_window).max(1);
+        self.send_arg_promises(&args).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let meta = Meta {
+            method: method.to_owned(),
+            started: self.started(),
+        };
+        let parent = scope.as_ref().map(|s| s.answer);
+        let reply = Reply::Stream {
+            tx: Some(tx),
+            credit: u64::from(window),
+            meta,
+        };
+        let Value { payload, caps } = args;
+        let (id, frame) = self.prepare(
+            target,
+            method,
+            (payload, &caps),
+            deadline,
+            parent,
+            reply,
+            false,
+            Some(window),
+        )?;
+        deps.extend(caps);
+        let items = RemoteItems::new(self.clone(), id, rx, window, deps);
+        self.send_question(id, frame)?;
+        Ok(items)
+    }
+
+    pub(super) fn handle_result(self: &Arc<Self>, result: CallResult) -> Result<(), Status> {
+        let max_depth = self.config.limits.max_depth;
+        let mut st = self.lock();
+        let question = match st.questions.remove(result.id) {
+            Some(q) if matches!(q.reply, Reply::Stream { .. }) => {
+                // Put back: the session's end fails it with the reason.
+                st.questions.restore(result.id, q);
+                return Err(Status::protocol_violation(format!(
+                    "`result` for question {}, which is a stream",
+                    result.id
+                )));
+            }
+            q => q,
+        };
+        let Some(question) = question else {
+            // A result for a question we stopped waiting on (cancelled, timed
+            // out, finished) is dropped ([S19]); what it introduced goes back.
+            drop(st);
+            if let Outcome::Ok { caps, .. } = result.outcome {
+                self.release_unwanted(&caps);
+            }
+            return Ok(());
+        };
+        let outcome = match result.outcome {
+            // The caps are imported even when the value is refused: dropping
+            // them then releases the introductions the peer counted.
+            Outcome::Ok { value, caps } => self.resolve_caps(&mut st, caps).and_then(|caps| {
+                if value.exceeds_depth(max_depth) {
+                    return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
+                }
+                Ok(Value {
+                    payload: value,
+                    caps,
+                })
+            }),
+            Outcome::Err(status) => Err(status),
+        };
+        drop(st);
+        self.notify_settled();
+        let cap = question.cap;
+        match question.reply {
+            Reply::Kept { tx, meta } => {
+                let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
+                tx.send_replace(Some(outcome));
+                self.record_outgoing(cap, result.id, meta, code, false);
+            }
+            reply => questions::Question { cap, reply }.settle(outcome),
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_item(self: &Arc<Self>, item: StreamItem) -> Result<(), Status> {
+        let StreamItem { id, value, caps } = item;
+        let max_depth = self.config.limits.max_depth;
+        let mut st = self.lock();
+        let tx = match st.questions.get_mut(id).map(|q| &mut q.reply) {
+            Some(Reply::Stream { tx, credit, .. }) => {
+                if *credit == 0 {
+                    return Err(Status::protocol_violation(format!(
+                        "`item` for stream {id} beyond the credit granted"
+                    )));
+                }
+                *credit -= 1;
+                tx.clone()
+            }
+            _ => {
+                return Err(Status::protocol_violation(format!(
+                    "`item` for question {id}, which is not an open stream"
+                )))
+            }
+        };
+        let Some(tx) = tx else {
+            // Cancelled: discarded, its introductions handed back.
+            drop(st);
+            self.release_unwanted(&caps);
+            return Ok(());
+        };
+        let item = self.resolve_caps(&mut st, caps).and_then(|caps| {
+            if value.exceeds_depth(max_depth) {
+                return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
+            }
+            Ok(Value {
+                payload: value,
+                caps,
+            })
+        });
+        drop(st);
+        self.counters
+            .stream_items_in
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(item);
+        Ok(())
+    }
+
+    /// `end` (`err` = `None`) or `stream_error` for stream question `id`.
+    pub(super) fn handle_stream_end(
+        self: &Arc<Self>,
+        id: u64,
+        err: Option<Status>,
+    ) -> Result<(), Status> {
+        let question = {
+            let mut st = self.lock();
+            match st.questions.is_stream(id) {
+                // A cancelled stream stays a question until its terminal
+                // frame, so there is no legitimate terminal for other ids.
+                None | Some(false) => {
+                    return Err(Status::protocol_violation(format!(
+                        "stream terminal frame for question {id}, which is not an open stream"
+                    )))
+                }
+                Some(true) => st.questions.remove(id),
+            }
+        };
+        self.notify_settled();
+        let Some(question) = question else {
+            return Ok(());
+        };
+        let cap = question.cap;
+        if let Reply::Stream { tx, meta, .. } = question.reply {
+            let code = err.as_ref().map_or(Code::Ok, |s| s.code);
+            if let (Some(tx), Some(err)) = (tx, err) {
+                let _ = tx.send(Err(err));
+            }
+            self.record_outgoing(cap, id, meta, code, true);
+        }
+        Ok(())
+    }
+}
