@@ -10,9 +10,9 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::attestation::{Attestation, TransportKind};
+use crate::engine::deadline;
 use crate::object::{CallContext, Items, Object};
 use crate::promise::{resolve_local, MethodName, PendingCall, Promise, PromiseCore, Sent};
-use crate::session::deadline;
 use crate::session::{current_scope, AnswerRef, CallScope, Shared, WireTarget};
 use crate::stream::{ItemStream, StreamOptions};
 use crate::value::Value;

@@ -246,6 +246,7 @@ pub mod typed;
 pub mod typescript;
 
 mod capability;
+mod engine;
 mod object;
 mod promise;
 mod session;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::capability::{call_local, local_context, CapKind, Capability, Destination};
 use crate::object::PipelineAt;
-use crate::session::{CallScope, PlainCall, Shared};
+use crate::session::{CallScope, OutCall, PlainCall, Shared};
 use crate::value::Value;
 
 /// A call that may not have been sent yet. Await it for the result; call
@@ -226,7 +226,14 @@ impl PendingCall {
                     deadline,
                     scope,
                 } = self;
-                return match shared.start_plain(&to, method, args, deadline, scope, Some(target)) {
+                let call = OutCall {
+                    target: &to,
+                    method,
+                    args,
+                    deadline,
+                    scope,
+                };
+                return match shared.start_plain(call, Some(target)) {
                     Ok(call) => Wait::Plain(call),
                     Err(status) => Wait::Ready(Some(Err(status))),
                 };
@@ -252,7 +259,14 @@ impl PendingCall {
             };
             match destination? {
                 Destination::Wire(shared, to) => {
-                    shared.call_plain(&to, method, args, deadline, scope).await
+                    let call = OutCall {
+                        target: &to,
+                        method,
+                        args,
+                        deadline,
+                        scope,
+                    };
+                    shared.call_plain(call).await
                 }
                 // Boxed: the future of a wire call, the common case, need
                 // not carry the local call's timer.
@@ -290,10 +304,14 @@ impl PendingCall {
         } = self;
         match wire {
             Some((shared, to)) => {
-                match shared
-                    .call_kept(&to, &method, args, deadline, scope, target)
-                    .await
-                {
+                let call = OutCall {
+                    target: &to,
+                    method,
+                    args,
+                    deadline,
+                    scope,
+                };
+                match shared.call_kept(call, target).await {
                     Ok(kept) => Sent::Kept(kept),
                     Err(status) => Sent::Deferred(future::ready(Err(status)).boxed().shared()),
                 }

@@ -31,7 +31,7 @@ use tokio::time::Sleep;
 use crate::capability::{call_stream_local, Capability, Destination};
 use crate::object::{CallContext, Items, Methods, Object};
 use crate::promise::{PendingCall, Promise};
-use crate::session::RemoteItems;
+use crate::session::{OutCall, RemoteItems};
 use crate::value::Value;
 
 /// The default number of items a stream receiver grants up front.
@@ -112,10 +112,19 @@ fn open(call: PendingCall, window: Option<u32>) -> BoxFuture<'static, Result<Ope
             scope,
         } = call;
         match target.destination().await? {
-            Destination::Wire(shared, to) => shared
-                .open_stream(&to, &method, args, deadline, scope, window, vec![target])
-                .await
-                .map(Opened::Remote),
+            Destination::Wire(shared, to) => {
+                let call = OutCall {
+                    target: &to,
+                    method,
+                    args,
+                    deadline,
+                    scope,
+                };
+                shared
+                    .open_stream(call, window, vec![target])
+                    .await
+                    .map(Opened::Remote)
+            }
             Destination::Local(object) => call_stream_local(object, &method, args, deadline, scope)
                 .await
                 .map(Opened::Local),

@@ -7,10 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use capwire_proto::{
-    Call, CallResult, CapDescriptor, Code, Frame, Outcome, PathSeg, Reason, Status, StreamError,
-    Target, BOOTSTRAP_CAP, RUNTIME_CAP,
-};
+use capwire_proto::{Call, CallResult, CapDescriptor, Code, Frame, Outcome, Status, StreamError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::Instant;
@@ -23,9 +20,9 @@ use crate::object::{CallContext, Object};
 use crate::value::Value;
 
 use super::{
-    deadline, object_of, pipeline, AnswerKind, CallScope, Credit, Failing, Pipeline, Queued,
-    Shared, SCOPE,
+    deadline, object_of, pipeline, CallScope, Credit, Failing, Queued, Running, Shared, SCOPE,
 };
+use crate::engine::{Admitted, Incoming, Route as EngineRoute};
 
 /// Everything needed to start answering a call, now or when the answer it
 /// is pipelined on settles.
@@ -48,14 +45,6 @@ pub(super) struct Answered {
     pub(super) code: Code,
     /// For a kept answer, the outcome to pipeline on.
     pub(super) kept: Option<Result<Value, Status>>,
-}
-
-/// Where an incoming call goes.
-pub(super) enum Route {
-    /// To this object (`None`: the bootstrap object).
-    Now(Option<Arc<dyn Object>>),
-    /// Into the queue of kept answer `.0`, for the capability at path `.1`.
-    Queue(u64, Vec<PathSeg>),
 }
 
 /// Polls `fut` once here, and spawns it only if it has to wait.
@@ -165,114 +154,41 @@ impl Shared {
             stream,
             ..
         } = call;
-        let is_stream = stream.is_some();
-        let limits = &self.config.limits;
-        if args.exceeds_depth(limits.max_depth) {
-            let status = Status::limit(Reason::MAX_VALUE_DEPTH, limits.max_depth as u64);
-            self.reject(id, is_stream, status);
-            return Ok(());
-        }
-        let deadline = match deadline::Arrival::from_wire(deadline_ms, Instant::now()) {
-            deadline::Arrival::Expired => {
-                self.reject(id, is_stream, deadline::expired_on_arrival(&method));
-                return Ok(());
-            }
-            arrival => arrival.instant(),
+        let now = Instant::now();
+        let arrival = deadline::Arrival::from_wire(deadline_ms, now);
+        let incoming = Incoming {
+            id,
+            target,
+            method,
+            caps,
+            keep,
+            stream: stream.is_some(),
+            depth_exceeded: args.exceeds_depth(self.config.limits.max_depth),
+            expired: arrival == deadline::Arrival::Expired,
         };
         let started = self.started();
+        let credit = stream.map(|window| Arc::new(Credit::new(window)));
+        let cancel = CancellationToken::new();
         let mut st = self.lock();
-        if st.answers.contains(id) {
-            // Reusing a live question id ([S12]); answering it would cross
-            // two calls' answers, so the connection ends instead.
-            return Err(Status::protocol_violation(format!(
-                "call {id} reuses the id of a call still running"
-            )));
-        }
-        let refused = if let Some(s) = &st.draining {
-            Some(Status::unavailable(s.message.clone()))
-        } else if st.answers.len() >= limits.max_in_flight_in {
-            Some(Status::limit(
-                Reason::MAX_CONCURRENT_CALLS,
-                limits.max_in_flight_in as u64,
-            ))
-        } else if is_stream && st.answers.streams() >= limits.max_open_streams {
-            Some(Status::limit(
-                Reason::MAX_OPEN_STREAMS,
-                limits.max_open_streams as u64,
-            ))
-        } else {
-            None
+        let running = || Running {
+            cancel: cancel.clone(),
+            credit: credit.clone(),
         };
-        if let Some(status) = refused {
-            drop(st);
-            self.reject(id, is_stream, status);
-            return Ok(());
-        }
-        // Where the call goes: an object now, or the queue of an answer.
-        let (route, cap) = match target {
-            Target::Cap(cap) => {
-                let object: Option<Arc<dyn Object>> = match cap {
-                    BOOTSTRAP_CAP => None,
-                    RUNTIME_CAP => Some(self.runtime.clone()),
-                    _ => match st.exports.get(cap) {
-                        Some(e) => Some(e.object.clone()),
-                        None => {
-                            let status =
-                                if st.exports.is_revoked(cap) || st.revoked_exports.contains(cap) {
-                                    Status::revoked(format!("capability {cap}"))
-                                } else {
-                                    Status::new(
-                                        Code::NotFound,
-                                        format!("capability {cap} is not exported"),
-                                    )
-                                };
-                            drop(st);
-                            self.reject(id, is_stream, status);
-                            return Ok(());
-                        }
-                    },
-                };
-                (Route::Now(object), Some(cap))
-            }
-            Target::Answer { id: answer, path } => {
-                match st.answers.pipeline_target(answer, &path) {
-                    Ok(Some(resolved)) => (Route::Now(Some(object_of(resolved))), None),
-                    Ok(None) if st.answers.pending_pipelined() >= limits.max_pending_pipelined => {
-                        drop(st);
-                        let max = limits.max_pending_pipelined as u64;
-                        self.reject(
-                            id,
-                            is_stream,
-                            Status::limit(Reason::MAX_PENDING_PIPELINED, max),
-                        );
-                        return Ok(());
-                    }
-                    Ok(None) => (Route::Queue(answer, path), None),
-                    Err(status) => {
-                        drop(st);
-                        self.reject(id, is_stream, status);
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        let caps = match self.resolve_caps(&mut st, caps) {
-            Ok(caps) => caps,
+        let admitted = match st.admit(incoming, running)? {
+            Ok(admitted) => admitted,
             Err(status) => {
                 drop(st);
-                self.reject(id, is_stream, status);
+                self.reject(id, stream.is_some(), status);
                 return Ok(());
             }
         };
-        let credit = stream.map(|window| Arc::new(Credit::new(window)));
-        let kind = match (&credit, keep) {
-            (Some(credit), _) => AnswerKind::Stream(credit.clone()),
-            (None, true) => AnswerKind::Kept(Pipeline::default()),
-            (None, false) => AnswerKind::Plain,
-        };
-        let queued = matches!(route, Route::Queue(..));
-        let (cancel, serial) = st.answers.insert(id, cap, kind, queued);
-        let method = st.method_names.intern(method);
+        let Admitted {
+            serial,
+            cap,
+            method,
+            caps,
+            route,
+        } = admitted;
         let start = StartAnswer {
             id,
             serial,
@@ -282,24 +198,24 @@ impl Shared {
                 payload: args,
                 caps,
             },
-            deadline,
+            deadline: arrival.instant(),
             cancel,
             started,
             credit,
         };
-        match route {
-            Route::Now(object) => {
-                drop(st);
-                self.start_answer(start, object);
+        let object = match route {
+            EngineRoute::Queue(answer, path) => {
+                st.answers
+                    .enqueue(answer, path, Queued::Call(Box::new(start)));
+                return Ok(());
             }
-            Route::Queue(answer, path) => {
-                let item = Queued::Call {
-                    path,
-                    start: Box::new(start),
-                };
-                st.answers.enqueue(answer, item);
-            }
-        }
+            EngineRoute::Bootstrap => None,
+            EngineRoute::Runtime => Some(self.runtime.clone()),
+            EngineRoute::Object(object) => Some(object),
+            EngineRoute::Cap(cap) => Some(object_of(cap)),
+        };
+        drop(st);
+        self.start_answer(start, object);
         Ok(())
     }
 
@@ -427,8 +343,8 @@ impl Shared {
     /// Delivers what waited for a kept answer, in arrival order.
     pub(super) fn deliver(self: &Arc<Self>, item: Queued, resolved: Result<Capability, Status>) {
         match item {
-            Queued::Promise { answer, .. } => answer.resolve(resolved),
-            Queued::Call { start, .. } => {
+            Queued::Promise(answer) => answer.resolve(resolved),
+            Queued::Call(start) => {
                 if !self.lock().answers.dequeue(start.id, start.serial) {
                     // Cancelled while it waited, and answered then.
                     return;
@@ -448,8 +364,8 @@ impl Shared {
         let mut batch = self.lock().answers.settle(id, outcome.clone());
         loop {
             for item in batch {
-                let resolved = pipeline::resolve(&outcome, item.path());
-                self.deliver(item, resolved);
+                let resolved = pipeline::resolve(&outcome, &item.path);
+                self.deliver(item.waiting, resolved);
             }
             let next = self.lock().answers.next_batch(id);
             match next {
@@ -534,19 +450,9 @@ impl Shared {
         result: Option<Result<Value, Status>>,
     ) -> Option<(Frame, Answered)> {
         let mut st = self.lock();
-        let stopped = st.answers.stopped(id)?;
-        let result =
-            match result {
-                Some(r) => r,
-                None => Err(stopped
-                    .unwrap_or_else(|| Status::new(Code::Cancelled, "the call was cancelled"))),
-            };
-        if st.ended.is_some() {
-            st.answers.remove(id);
-            return None;
-        }
+        let (result, kept) = st.on_answered(id, result)?;
         // A kept answer keeps what the handler returned, for pipelining.
-        let mut kept = st.answers.is_kept(id).then(|| result.clone());
+        let mut kept = kept.then(|| result.clone());
         let (outcome, sent_caps, code) =
             match result.and_then(|value| self.describe_value(&mut st, value)) {
                 Ok((value, caps)) => (
@@ -595,7 +501,7 @@ impl Shared {
         if let Err(status) = sent {
             // Typically a result over a frame limit ([S2]): the caller gets
             // that error instead, and the introductions it carried are taken back.
-            self.lock().exports.unsend(&sent_caps);
+            self.lock().unsend(&sent_caps);
             code = status.code;
             if let Some(k) = kept.as_mut() {
                 *k = Err(status.clone());

@@ -16,7 +16,8 @@ use crate::events::{Direction, Event};
 use crate::promise::{KeptQuestion, MethodName};
 use crate::value::Value;
 
-use super::{deadline, questions, CallScope, Meta, RemoteItems, Reply, Shared};
+use super::{deadline, CallScope, Meta, RemoteItems, Reply, Shared};
+use crate::engine::questions::{ItemFor, QuestionKind};
 
 /// What a call on the wire is addressed to: a capability the peer exported,
 /// or the capability at a path of one of this side's kept questions.
@@ -85,31 +86,17 @@ impl Shared {
 
     /// The consumer of stream `id` took `n` items: the callee may send `n` more.
     pub(crate) fn grant(&self, id: u64, n: u32) {
-        {
-            let mut st = self.lock();
-            match st.questions.get_mut(id).map(|q| &mut q.reply) {
-                Some(Reply::Stream {
-                    tx: Some(_),
-                    credit,
-                    ..
-                }) => *credit = credit.saturating_add(u64::from(n)),
-                _ => return,
-            }
+        if self.lock().questions.grant(id, n) {
+            self.send_nowait(Frame::Credit(capwire_proto::Credit { id, n }));
         }
-        self.send_nowait(Frame::Credit(capwire_proto::Credit { id, n }));
     }
 
     /// The consumer of stream `id` went away: `cancel`. The question stays
     /// until its terminal frame, so items still in flight are not violations.
     pub(crate) fn cancel_stream(&self, id: u64) {
-        {
-            let mut st = self.lock();
-            match st.questions.get_mut(id).map(|q| &mut q.reply) {
-                Some(Reply::Stream { tx, .. }) if tx.is_some() => *tx = None,
-                _ => return,
-            }
+        if self.lock().questions.close_stream(id) {
+            self.send_nowait(Frame::Cancel(Cancel { id }));
         }
-        self.send_nowait(Frame::Cancel(Cancel { id }));
     }
 
     /// Sends the promises among `args` that go to this session first, so
@@ -126,50 +113,44 @@ impl Shared {
     }
 
     /// Registers a question and builds its `call` frame. Nothing is sent yet.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn prepare(
         self: &Arc<Self>,
-        target: &WireTarget,
-        method: &str,
-        (payload, caps): (Payload, &[Capability]),
-        deadline: Option<Instant>,
-        parent: Option<u64>,
+        ask: Ask<'_>,
+        caps: &[Capability],
         reply: Reply,
-        keep: bool,
-        stream: Option<u32>,
     ) -> Result<(u64, Frame), Status> {
+        let Ask {
+            target,
+            method,
+            payload,
+            deadline,
+            parent,
+            kind,
+        } = ask;
         let payload = payload
             .into_codec(self.codec)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
         let cap = target.cap();
         let mut st = self.lock();
-        if let Some(s) = st.ended.as_ref().or(st.draining.as_ref()) {
-            return Err(Status::unavailable(format!(
-                "cannot call `{method}`: {}",
-                s.message
-            )));
-        }
-        if let Some(cap) = cap {
-            if st.revoked_imports.contains(cap) {
-                return Err(Status::revoked(format!("capability {cap}")));
-            }
-        }
-        let max = self.config.limits.max_in_flight_out;
-        if st.questions.len() >= max {
-            return Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max as u64));
-        }
+        st.may_call(&method, cap)?;
         let caps = self.describe_caps(&mut st, caps)?;
-        let id = st.questions.insert(cap, reply);
+        let id = st.ask(cap, kind, reply);
         drop(st);
-        let deadline_ms = deadline::to_wire(deadline, Instant::now());
+        let (keep, stream) = match kind {
+            QuestionKind::Plain => (false, None),
+            QuestionKind::Kept => (true, None),
+            QuestionKind::Stream { credit, .. } => {
+                (false, Some(u32::try_from(credit).unwrap_or(u32::MAX)))
+            }
+        };
         let frame = Frame::Call(Call {
             id,
             target: target.target(),
-            method: method.to_owned(),
+            method: method.to_string(),
             args: payload,
             caps,
             parent,
-            deadline_ms,
+            deadline_ms: deadline::to_wire(deadline, Instant::now()),
             keep,
             stream,
         });
@@ -193,7 +174,7 @@ impl Shared {
             };
             let mut st = self.lock();
             st.questions.remove(id);
-            st.exports.unsend(caps);
+            st.unsend(caps);
             drop(st);
             self.notify_settled();
         }
@@ -201,53 +182,30 @@ impl Shared {
     }
 
     /// Makes a plain call and waits for its answer (two frames, nothing kept).
-    pub(crate) async fn call_plain(
-        self: &Arc<Self>,
-        target: &WireTarget,
-        method: MethodName,
-        args: Value,
-        deadline: Option<Instant>,
-        scope: Option<CallScope>,
-    ) -> Result<Value, Status> {
-        if !args.caps.is_empty() {
-            Box::pin(self.send_arg_promises(&args)).await;
+    pub(crate) async fn call_plain(self: &Arc<Self>, call: OutCall<'_>) -> Result<Value, Status> {
+        if !call.args.caps.is_empty() {
+            Box::pin(self.send_arg_promises(&call.args)).await;
         }
-        self.start_plain(target, method, args, deadline, scope, None)?
-            .await
+        self.start_plain(call, None)?.await
     }
 
     /// Sends a kept call: its answer stays at the callee, for pipelining,
     /// until the returned question is dropped.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call_kept(
         self: &Arc<Self>,
-        target: &WireTarget,
-        method: &str,
-        args: Value,
-        deadline: Option<Instant>,
-        scope: Option<CallScope>,
+        call: OutCall<'_>,
         target_handle: Capability,
     ) -> Result<Arc<KeptQuestion>, Status> {
-        if !args.caps.is_empty() {
-            self.send_arg_promises(&args).await;
+        if !call.args.caps.is_empty() {
+            self.send_arg_promises(&call.args).await;
         }
         let (tx, rx) = watch::channel(None);
         let meta = Meta {
-            method: method.to_owned(),
+            method: call.method.to_string(),
             started: self.started(),
         };
-        let parent = scope.as_ref().map(|s| s.answer);
-        let Value { payload, caps } = args;
-        let (id, frame) = self.prepare(
-            target,
-            method,
-            (payload, &caps),
-            deadline,
-            parent,
-            Reply::Kept { tx, meta },
-            true,
-            None,
-        )?;
+        let (ask, caps) = call.ask(QuestionKind::Kept);
+        let (id, frame) = self.prepare(ask, &caps, Reply::Kept { tx, meta })?;
         let mut deps = caps;
         deps.push(target_handle);
         let kept = Arc::new(KeptQuestion {
@@ -261,41 +219,21 @@ impl Shared {
     }
 
     /// Sends a stream call granting `window` items up front.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open_stream(
         self: &Arc<Self>,
-        target: &WireTarget,
-        method: &str,
-        args: Value,
-        deadline: Option<Instant>,
-        scope: Option<CallScope>,
+        call: OutCall<'_>,
         window: Option<u32>,
         mut deps: Vec<Capability>,
     ) -> Result<RemoteItems, Status> {
         let window = window.unwrap_or(self.config.stream_window).max(1);
-        self.send_arg_promises(&args).await;
+        self.send_arg_promises(&call.args).await;
         let (tx, rx) = mpsc::unbounded_channel();
         let meta = Meta {
-            method: method.to_owned(),
+            method: call.method.to_string(),
             started: self.started(),
         };
-        let parent = scope.as_ref().map(|s| s.answer);
-        let reply = Reply::Stream {
-            tx: Some(tx),
-            credit: u64::from(window),
-            meta,
-        };
-        let Value { payload, caps } = args;
-        let (id, frame) = self.prepare(
-            target,
-            method,
-            (payload, &caps),
-            deadline,
-            parent,
-            reply,
-            false,
-            Some(window),
-        )?;
+        let (ask, caps) = call.ask(QuestionKind::stream(window));
+        let (id, frame) = self.prepare(ask, &caps, Reply::Stream { tx, meta })?;
         deps.extend(caps);
         let items = RemoteItems::new(self.clone(), id, rx, window, deps);
         self.send_question(id, frame)?;
@@ -305,18 +243,7 @@ impl Shared {
     pub(super) fn handle_result(self: &Arc<Self>, result: CallResult) -> Result<(), Status> {
         let max_depth = self.config.limits.max_depth;
         let mut st = self.lock();
-        let question = match st.questions.remove(result.id) {
-            Some(q) if matches!(q.reply, Reply::Stream { .. }) => {
-                // Put back: the session's end fails it with the reason.
-                st.questions.restore(result.id, q);
-                return Err(Status::protocol_violation(format!(
-                    "`result` for question {}, which is a stream",
-                    result.id
-                )));
-            }
-            q => q,
-        };
-        let Some(question) = question else {
+        let Some(question) = st.questions.take_for_result(result.id)? else {
             // A result for a question we stopped waiting on (cancelled, timed
             // out, finished) is dropped ([S19]); what it introduced goes back.
             drop(st);
@@ -328,7 +255,7 @@ impl Shared {
         let outcome = match result.outcome {
             // The caps are imported even when the value is refused: dropping
             // them then releases the introductions the peer counted.
-            Outcome::Ok { value, caps } => self.resolve_caps(&mut st, caps).and_then(|caps| {
+            Outcome::Ok { value, caps } => st.resolve(caps).and_then(|caps| {
                 if value.exceeds_depth(max_depth) {
                     return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
                 }
@@ -348,7 +275,7 @@ impl Shared {
                 tx.send_replace(Some(outcome));
                 self.record_outgoing(cap, result.id, meta, code, false);
             }
-            reply => questions::Question { cap, reply }.settle(outcome),
+            reply => reply.settle(outcome),
         }
         Ok(())
     }
@@ -357,29 +284,21 @@ impl Shared {
         let StreamItem { id, value, caps } = item;
         let max_depth = self.config.limits.max_depth;
         let mut st = self.lock();
-        let tx = match st.questions.get_mut(id).map(|q| &mut q.reply) {
-            Some(Reply::Stream { tx, credit, .. }) => {
-                if *credit == 0 {
-                    return Err(Status::protocol_violation(format!(
-                        "`item` for stream {id} beyond the credit granted"
-                    )));
-                }
-                *credit -= 1;
-                tx.clone()
-            }
-            _ => {
+        let tx = match st.questions.on_item(id)? {
+            ItemFor::Deliver(Reply::Stream { tx, .. }) => tx.clone(),
+            ItemFor::Deliver(_) => {
                 return Err(Status::protocol_violation(format!(
                     "`item` for question {id}, which is not an open stream"
                 )))
             }
+            ItemFor::Discard => {
+                // Cancelled: discarded, its introductions handed back.
+                drop(st);
+                self.release_unwanted(&caps);
+                return Ok(());
+            }
         };
-        let Some(tx) = tx else {
-            // Cancelled: discarded, its introductions handed back.
-            drop(st);
-            self.release_unwanted(&caps);
-            return Ok(());
-        };
-        let item = self.resolve_caps(&mut st, caps).and_then(|caps| {
+        let item = st.resolve(caps).and_then(|caps| {
             if value.exceeds_depth(max_depth) {
                 return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
             }
@@ -402,31 +321,53 @@ impl Shared {
         id: u64,
         err: Option<Status>,
     ) -> Result<(), Status> {
-        let question = {
-            let mut st = self.lock();
-            match st.questions.is_stream(id) {
-                // A cancelled stream stays a question until its terminal
-                // frame, so there is no legitimate terminal for other ids.
-                None | Some(false) => {
-                    return Err(Status::protocol_violation(format!(
-                        "stream terminal frame for question {id}, which is not an open stream"
-                    )))
-                }
-                Some(true) => st.questions.remove(id),
-            }
-        };
+        let (question, open) = self.lock().questions.on_stream_end(id)?;
         self.notify_settled();
-        let Some(question) = question else {
-            return Ok(());
-        };
         let cap = question.cap;
-        if let Reply::Stream { tx, meta, .. } = question.reply {
+        if let Reply::Stream { tx, meta } = question.reply {
             let code = err.as_ref().map_or(Code::Ok, |s| s.code);
-            if let (Some(tx), Some(err)) = (tx, err) {
+            if let (true, Some(err)) = (open, err) {
                 let _ = tx.send(Err(err));
             }
             self.record_outgoing(cap, id, meta, code, true);
         }
         Ok(())
+    }
+}
+
+/// A call this side is about to put on the wire.
+pub(super) struct Ask<'a> {
+    pub(super) target: &'a WireTarget,
+    pub(super) method: MethodName,
+    pub(super) payload: Payload,
+    pub(super) deadline: Option<Instant>,
+    /// The answer whose handler makes this call (protocol `parent`).
+    pub(super) parent: Option<u64>,
+    pub(super) kind: QuestionKind,
+}
+
+/// A call a handle makes through this session: where it goes, what it
+/// carries, and the context it inherits.
+pub(crate) struct OutCall<'a> {
+    pub(crate) target: &'a WireTarget,
+    pub(crate) method: MethodName,
+    pub(crate) args: Value,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) scope: Option<CallScope>,
+}
+
+impl<'a> OutCall<'a> {
+    /// The question to ask, and the capabilities of the arguments.
+    pub(super) fn ask(self, kind: QuestionKind) -> (Ask<'a>, Vec<Capability>) {
+        let Value { payload, caps } = self.args;
+        let ask = Ask {
+            target: self.target,
+            method: self.method,
+            payload,
+            deadline: self.deadline,
+            parent: self.scope.as_ref().map(|s| s.answer),
+            kind,
+        };
+        (ask, caps)
     }
 }

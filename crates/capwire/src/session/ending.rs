@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use capwire_proto::{Code, Frame, Goaway, Reason, Status};
 
+use crate::engine::Ended;
 use crate::events::Event;
 use crate::transport::CloseReason;
 
@@ -30,27 +31,21 @@ impl Shared {
     /// running handlers are stopped, the tables are cleared and the transport
     /// closed. `status` is what [`Session::closed`] reports.
     pub(super) fn shutdown(self: &Arc<Self>, status: Status) {
-        let (questions, answers) = {
-            let mut st = self.lock();
-            if st.ended.is_some() {
-                return;
-            }
-            st.ended = Some(status.clone());
-            st.answers.stop_all(&status);
-            // Answer entries hold values (and handles): dropped outside the lock.
-            let answers = st.answers.clear();
-            st.exports.clear();
-            st.imports.clear();
-            st.pings.clear();
-            (st.questions.drain(), answers)
+        // Answer entries hold values (and handles): dropped outside the lock.
+        let Some(Ended { questions, answers }) = self.lock().end(status.clone()) else {
+            return;
         };
+        self.pings().waiting.clear();
+        for answer in &answers {
+            answer.running.stop();
+        }
         let failed = if status.code == Code::Unavailable {
             status.clone()
         } else {
             Status::unavailable(format!("the connection closed: {status}"))
         };
         for q in questions {
-            q.settle(Err(failed.clone()));
+            q.reply.settle(Err(failed.clone()));
         }
         drop(answers);
         // Queued behind everything already sent (a goaway first of all); a

@@ -5,21 +5,16 @@
 //! table operations. Locks are held only for table lookups, never across
 //! `.await` or I/O; handlers run as their own tasks.
 
-mod answers;
 mod bootstrap;
 mod callee;
 mod caller;
-pub(crate) mod deadline;
 mod descriptors;
 mod ending;
-mod exports;
 mod flow;
-mod id_map;
-mod imports;
+mod host;
 mod outbox;
 mod pipeline;
 mod plain;
-mod questions;
 mod reader;
 mod release;
 mod revocation;
@@ -47,58 +42,20 @@ use crate::registry::{Registry, RevocationSink};
 use crate::transport::{FrameSender, Transport};
 use crate::value::Value;
 
-use answers::{AnswerKind, Answers, Pipeline};
-use exports::Exports;
+pub use crate::engine::Limits;
+use crate::engine::{deadline, Core};
 use flow::Credit;
-use imports::{Imports, RevokedIds};
+use host::{Live, Meta, Reply, Running};
 pub(crate) use pipeline::AnswerRef;
 pub(crate) use pipeline::Failing;
 use pipeline::{object_of, Queued};
 pub(crate) use plain::PlainCall;
-use questions::{Meta, Questions, Reply};
 pub(crate) use streams::RemoteItems;
 
 pub(crate) use callee::{guarded, start_inline};
 use callee::{supervise, StartAnswer};
-pub(crate) use caller::WireTarget;
+pub(crate) use caller::{OutCall, WireTarget};
 use reader::read_loop;
-
-/// Per-connection limits. Each one exceeded answers `resource_exhausted`
-/// with a reason naming the limit.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Limits {
-    /// Capabilities exported to the peer at once, revoked ones the peer has
-    /// not released yet included. Default 1024 (`max_caps_per_connection`).
-    pub max_exports: usize,
-    /// Calls from the peer running at once. Default 1024 (`max_concurrent_calls`).
-    pub max_in_flight_in: usize,
-    /// Calls to the peer awaiting an answer at once. Default 1024 (`max_concurrent_calls`).
-    pub max_in_flight_out: usize,
-    /// Deepest nesting of a received value. Default 64 (`max_value_depth`).
-    pub max_depth: usize,
-    /// Revoked ids remembered to fail later calls without a round trip. Default 4096.
-    pub max_revoked_remembered: usize,
-    /// Stream answers open to the peer at once. Default 256 (`max_open_streams`).
-    pub max_open_streams: usize,
-    /// Calls and promises from the peer waiting for a kept answer to settle.
-    /// Default 1024 (`max_pending_pipelined`).
-    pub max_pending_pipelined: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_exports: 1024,
-            max_in_flight_in: 1024,
-            max_in_flight_out: 1024,
-            max_depth: 64,
-            max_revoked_remembered: 4096,
-            max_open_streams: 256,
-            max_pending_pipelined: 1024,
-        }
-    }
-}
 
 /// How a session behaves. Every field has a documented default.
 #[derive(Clone)]
@@ -176,51 +133,19 @@ pub(crate) fn current_scope() -> Option<CallScope> {
     SCOPE.try_with(Clone::clone).ok()
 }
 
-struct State {
-    exports: Exports,
-    imports: Imports,
-    questions: Questions,
-    answers: Answers,
-    /// Ids the peer revoked (imports) and ids we revoked (exports).
-    revoked_imports: RevokedIds,
-    revoked_exports: RevokedIds,
-    /// Set once the session has ended; new calls fail with it.
-    ended: Option<Status>,
-    /// Set when either side sent goaway: no new calls are started.
-    draining: Option<Status>,
-    /// The status of the peer's goaway, which the end of the session reports.
-    peer_goaway: Option<Status>,
-    pings: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
-    next_ping: u64,
-    /// The peer's method names, shared by the calls that use them.
-    method_names: MethodNames,
-}
+/// The engine, as the session drives it.
+type State = Core<Live>;
 
-/// The method names the peer calls, kept so that each call's context shares
-/// one copy instead of making its own. Bounded in count and length: a peer
-/// that sends many names, or long ones, gets a copy per call as before.
+/// Pings sent and not answered yet.
 #[derive(Default)]
-struct MethodNames(Vec<Arc<str>>);
-
-/// Names kept per connection, and the longest name kept.
-const MAX_METHOD_NAMES: usize = 64;
-const MAX_METHOD_NAME_LEN: usize = 64;
-
-impl MethodNames {
-    fn intern(&mut self, name: String) -> Arc<str> {
-        if let Some(known) = self.0.iter().find(|n| ***n == *name) {
-            return known.clone();
-        }
-        let name: Arc<str> = name.into();
-        if self.0.len() < MAX_METHOD_NAMES && name.len() <= MAX_METHOD_NAME_LEN {
-            self.0.push(name.clone());
-        }
-        name
-    }
+struct Pings {
+    waiting: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
+    next: u64,
 }
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    pings: Mutex<Pings>,
     sender: FrameSender,
     codec: Codec,
     config: SessionConfig,
@@ -304,20 +229,13 @@ impl Session {
         let limits = config.limits.clone();
         let (releases, mut released) = mpsc::unbounded_channel();
         let shared = Arc::new_cyclic(|me: &Weak<Shared>| Shared {
-            state: Mutex::new(State {
-                exports: Exports::default(),
-                imports: Imports::default(),
-                questions: Questions::default(),
-                answers: Answers::default(),
-                revoked_imports: RevokedIds::new(limits.max_revoked_remembered),
-                revoked_exports: RevokedIds::new(limits.max_revoked_remembered),
-                ended: None,
-                draining: None,
-                peer_goaway: None,
-                pings: HashMap::new(),
-                next_ping: 0,
-                method_names: MethodNames::default(),
-            }),
+            state: Mutex::new(Core::new(
+                Live {
+                    session: me.clone(),
+                },
+                limits.clone(),
+            )),
+            pings: Mutex::new(Pings::default()),
             codec: config.codec,
             runtime: runtime::runtime_object(me.clone()),
             config,
@@ -385,15 +303,15 @@ impl Session {
 
     /// Sends a ping and waits for the pong; the round trip also shows in [`stats`](Self::stats).
     pub async fn ping(&self) -> Result<Duration, Status> {
+        if let Some(s) = self.shared.lock().ended() {
+            return Err(s.clone());
+        }
         let (nonce, rx) = {
-            let mut st = self.shared.lock();
-            if let Some(s) = &st.ended {
-                return Err(s.clone());
-            }
-            st.next_ping += 1;
+            let mut pings = self.shared.pings();
+            pings.next += 1;
             let (tx, rx) = oneshot::channel();
-            let nonce = st.next_ping;
-            st.pings.insert(nonce, (Instant::now(), tx));
+            let nonce = pings.next;
+            pings.waiting.insert(nonce, (Instant::now(), tx));
             (nonce, rx)
         };
         self.shared.send(Frame::Ping(Ping { nonce })).await?;
@@ -428,11 +346,10 @@ impl Session {
         let grace = shared.config.close_grace;
         {
             let mut st = shared.lock();
-            if st.ended.is_some() {
+            if st.ended().is_some() {
                 return;
             }
-            st.draining
-                .get_or_insert(Status::unavailable("the session is closing"));
+            st.drain(Status::unavailable("the session is closing"));
         }
         let deadline = Instant::now() + grace;
         let goaway = Goaway {
@@ -450,7 +367,7 @@ impl Session {
             settled.as_mut().enable();
             {
                 let st = shared.lock();
-                if st.ended.is_some() || (st.answers.running() == 0 && st.questions.len() == 0) {
+                if st.ended().is_some() || !st.busy() {
                     break;
                 }
             }
@@ -468,8 +385,8 @@ impl Session {
         self.shared.closed.cancelled().await;
         self.shared
             .lock()
-            .ended
-            .clone()
+            .ended()
+            .cloned()
             .unwrap_or_else(|| Status::unavailable("closed"))
     }
 }
@@ -479,6 +396,10 @@ impl Shared {
         // State updates are small and never leave a table half-changed, so a
         // panic elsewhere while the lock was held does not poison the session.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pings(&self) -> MutexGuard<'_, Pings> {
+        self.pings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wakes a `close` waiting for the tables to drain. Called after the
@@ -528,29 +449,5 @@ pub(crate) async fn cancelled(token: Option<CancellationToken>) {
     match token {
         Some(t) => t.cancelled().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn method_names_are_shared_within_their_bounds() {
-        let mut names = MethodNames::default();
-        let a = names.intern("echo".to_owned());
-        let b = names.intern("echo".to_owned());
-        assert!(Arc::ptr_eq(&a, &b), "a known name is shared");
-        let long = "x".repeat(MAX_METHOD_NAME_LEN + 1);
-        let l1 = names.intern(long.clone());
-        let l2 = names.intern(long.clone());
-        assert_eq!(&*l1, long.as_str());
-        assert!(!Arc::ptr_eq(&l1, &l2), "a long name is not kept");
-        for i in 0..2 * MAX_METHOD_NAMES {
-            assert_eq!(&*names.intern(format!("m{i}")), format!("m{i}"));
-        }
-        assert_eq!(names.0.len(), MAX_METHOD_NAMES, "the table stays bounded");
-        let c = names.intern("echo".to_owned());
-        assert!(Arc::ptr_eq(&a, &c), "names kept first stay kept");
     }
 }

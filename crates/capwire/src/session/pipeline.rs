@@ -19,26 +19,13 @@ use crate::capability::{CapKind, Capability};
 use crate::object::{CallContext, Items, Object};
 use crate::value::Value;
 
-/// Something waiting for a kept answer to settle.
+/// Something waiting for a kept answer to settle (the engine keeps the
+/// path it waits for beside it).
 pub(crate) enum Queued {
     /// A call from the peer addressed to a path of the answer.
-    Call {
-        path: Vec<PathSeg>,
-        start: Box<StartAnswer>,
-    },
+    Call(Box<StartAnswer>),
     /// A promise capability the peer passed as an argument.
-    Promise {
-        path: Vec<PathSeg>,
-        answer: Arc<AnswerRef>,
-    },
-}
-
-impl Queued {
-    pub(crate) fn path(&self) -> &[PathSeg] {
-        match self {
-            Queued::Call { path, .. } | Queued::Promise { path, .. } => path,
-        }
-    }
+    Promise(Arc<AnswerRef>),
 }
 
 /// The capability at `path` of a settled answer (\[S9\]).

@@ -20,9 +20,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::questions::Reply;
-use super::{cancelled, CallScope, Shared, WireTarget};
+use super::caller::OutCall;
+use super::Reply;
+use super::{cancelled, Shared};
 use crate::capability::Capability;
+use crate::engine::questions::QuestionKind;
 use crate::events::{Direction, Event, Started};
 use crate::promise::MethodName;
 use crate::value::Value;
@@ -61,31 +63,21 @@ impl Shared {
     /// its result. The promises among `args` must have been sent already.
     pub(crate) fn start_plain(
         self: &Arc<Self>,
-        target: &WireTarget,
-        method: MethodName,
-        args: Value,
-        deadline: Option<Instant>,
-        scope: Option<CallScope>,
+        call: OutCall<'_>,
         target_handle: Option<Capability>,
     ) -> Result<PlainCall, Status> {
         let started = self.started();
         let (tx, reply) = oneshot::channel();
-        let parent = scope.as_ref().map(|s| s.answer);
-        let Value { payload, caps } = args;
-        let (id, frame) = self.prepare(
-            target,
-            &method,
-            (payload, &caps),
-            deadline,
-            parent,
-            Reply::Once(tx),
-            false,
-            None,
-        )?;
+        let cap = call.target.cap().unwrap_or(u64::MAX);
+        let method = call.method.clone();
+        let deadline = call.deadline;
+        let parent = call.scope.as_ref().map(|s| s.cancel.clone());
+        let (ask, caps) = call.ask(QuestionKind::Plain);
+        let (id, frame) = self.prepare(ask, &caps, Reply::Once(tx))?;
         let mut call = PlainCall {
             shared: self.clone(),
             id,
-            cap: target.cap().unwrap_or(u64::MAX),
+            cap,
             method,
             started,
             wait: Wait::Done,
@@ -98,7 +90,6 @@ impl Shared {
             call.record(status.code);
             return Err(status);
         }
-        let parent = scope.map(|s| s.cancel);
         call.wait = if deadline.is_none() && parent.is_none() {
             Wait::Reply(reply)
         } else {

@@ -10,6 +10,7 @@ use capwire_proto::{
     StreamEnd, StreamError, PROTOCOL_VERSION,
 };
 
+use crate::engine::answers::Finished;
 use crate::transport::{FrameReceiver, TransportError};
 
 use super::Shared;
@@ -101,7 +102,7 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
         shared.backpressure().await;
     };
     // A connection the peer announced it would close ends with its reason.
-    let goaway = shared.lock().peer_goaway.clone();
+    let goaway = shared.lock().peer_goaway().cloned();
     let end = match goaway {
         Some(g) if end.code == Code::Unavailable => {
             Status::unavailable(format!("the peer closed the connection: {g}"))
@@ -119,35 +120,45 @@ impl Shared {
             Frame::Call(call) => self.handle_call(call),
             Frame::Result(result) => self.handle_result(result),
             Frame::Cancel(Cancel { id }) => {
-                let status = Status::new(Code::Cancelled, "the caller cancelled the call");
-                let queued = self.lock().answers.stop(id, status.clone());
-                if let Some(q) = queued {
-                    // It never started: answered here ([S21]).
-                    self.reject(id, q.stream, status);
-                    self.notify_settled();
+                let stopped = self.lock().on_cancel(id);
+                match stopped {
+                    Some(Ok(running)) => running.stop(),
+                    Some(Err(refusal)) => {
+                        // It never started: answered here ([S21]).
+                        let status = Status::new(Code::Cancelled, "the caller cancelled the call");
+                        self.reject(id, refusal.stream, status);
+                        self.notify_settled();
+                    }
+                    None => {}
                 }
                 Ok(())
             }
             Frame::Finish(Finish { id }) => {
-                let freed = self.lock().answers.finish(id);
-                if freed.is_some() {
-                    drop(freed);
-                    self.notify_settled();
+                let finished = self.lock().on_finish(id);
+                match finished {
+                    Finished::Nothing => {}
+                    Finished::Stop(running) => running.stop(),
+                    Finished::Refused(refusal) => {
+                        let status =
+                            Status::new(Code::Cancelled, "the caller finished the question");
+                        self.reject(id, refusal.stream, status);
+                        self.notify_settled();
+                    }
+                    Finished::Freed(answer) => {
+                        drop(answer);
+                        self.notify_settled();
+                    }
                 }
                 Ok(())
             }
-            Frame::Release(Release { cap, n }) => self.lock().exports.release(cap, n),
+            Frame::Release(Release { cap, n }) => self.lock().on_release(cap, n),
             Frame::Revoked(Revoked { caps }) => {
                 self.handle_revoked(caps);
                 Ok(())
             }
             Frame::Goaway(Goaway { status, .. }) => {
                 tracing::debug!(%status, "peer sent goaway");
-                let mut st = self.lock();
-                st.draining.get_or_insert(Status::unavailable(format!(
-                    "the peer is closing the connection: {status}"
-                )));
-                st.peer_goaway.get_or_insert(status);
+                self.lock().on_goaway(status);
                 Ok(())
             }
             Frame::Ping(Ping { nonce }) => {
@@ -155,7 +166,8 @@ impl Shared {
                 Ok(())
             }
             Frame::Pong(Pong { nonce }) => {
-                if let Some((sent, tx)) = self.lock().pings.remove(&nonce) {
+                let ping = self.pings().waiting.remove(&nonce);
+                if let Some((sent, tx)) = ping {
                     let rtt = sent.elapsed();
                     let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX - 1);
                     self.counters.last_rtt.store(us + 1, Ordering::Relaxed);
@@ -165,7 +177,11 @@ impl Shared {
             }
             Frame::Credit(capwire_proto::Credit { id, n }) => {
                 // Unknown or ended streams: the credit crossed the terminal frame.
-                let credit = self.lock().answers.credit(id);
+                let credit = self
+                    .lock()
+                    .answers
+                    .stream(id)
+                    .and_then(|r| r.credit.clone());
                 if let Some(credit) = credit {
                     credit.grant(n);
                 }

@@ -4,22 +4,15 @@
 
 use std::sync::{Arc, MutexGuard};
 
-use capwire_proto::{Code, Finish, Frame, Release, BOOTSTRAP_CAP, RUNTIME_CAP};
+use capwire_proto::{Code, Finish, Frame};
 
-use crate::capability::{CapKind, Capability, RemoteCap};
+use crate::capability::{CapKind, Capability};
 
 use super::{Dropped, Reply, Shared, State};
 
 impl Shared {
     pub(super) fn remote_handle(self: &Arc<Self>, id: u64) -> Capability {
-        let me = Arc::downgrade(self);
-        let handle = self.lock().imports.introduce(id, |serial| {
-            Arc::new(RemoteCap {
-                session: me,
-                id,
-                serial,
-            })
-        });
+        let handle = self.lock().import_handle(id);
         Capability {
             kind: CapKind::Remote(handle),
         }
@@ -71,7 +64,7 @@ impl Shared {
     pub(super) fn drop_kept_locked(self: &Arc<Self>, st: MutexGuard<'_, State>, id: u64) {
         let unsettled = {
             let mut st = st;
-            if st.ended.is_some() {
+            if st.ended().is_some() {
                 return;
             }
             st.questions.remove(id)
@@ -96,16 +89,11 @@ impl Shared {
         id: u64,
         serial: u64,
     ) {
-        let released = {
-            let mut st = st;
-            let n = st.imports.dropped(id, serial);
-            if st.ended.is_some() || id == BOOTSTRAP_CAP || id == RUNTIME_CAP {
-                return;
-            }
-            n
-        };
-        if let Some(n) = released {
-            self.send_nowait(Frame::Release(Release { cap: id, n }));
+        let mut st = st;
+        let released = st.on_import_dropped(id, serial);
+        drop(st);
+        if let Some(release) = released {
+            self.send_nowait(Frame::Release(release));
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use capwire_proto::{Frame, Release, Revoked, Status, BOOTSTRAP_CAP, RUNTIME_CAP};
+use capwire_proto::{Frame, Revoked, Status};
 
 use crate::events::{Direction, Event};
 use crate::registry::RevocationSink;
@@ -12,19 +12,10 @@ use super::Shared;
 
 impl RevocationSink for Shared {
     fn revoke_generation(&self, generation: u64) {
-        let ids = {
-            let mut st = self.lock();
-            if st.ended.is_some() {
-                return;
-            }
-            let ids = st.exports.revoke_generation(generation);
-            for id in &ids {
-                st.revoked_exports.insert(*id);
-            }
-            st.answers
-                .stop_for_caps(&ids, &Status::revoked("the capability"));
-            ids
-        };
+        let (ids, stop) = self.lock().revoke_generation(generation);
+        for running in stop {
+            running.stop();
+        }
         if ids.is_empty() {
             return;
         }
@@ -38,22 +29,16 @@ impl RevocationSink for Shared {
 
 impl Shared {
     pub(super) fn handle_revoked(self: &Arc<Self>, mut caps: Vec<u64>) {
-        // Ids 0 and 1 cannot be revoked.
-        caps.retain(|id| *id != BOOTSTRAP_CAP && *id != RUNTIME_CAP);
-        let (failed, releases) = {
+        let (releases, failed) = {
             let mut st = self.lock();
-            let mut releases = Vec::new();
-            for id in &caps {
-                st.revoked_imports.insert(*id);
-                // Hand back every introduction now ([S23]): the exporter keeps
-                // the revoked entry until its count reaches 0. The live handle,
-                // when dropped, finds no entry and releases nothing more.
-                if let Some(n) = st.imports.remove(*id) {
-                    releases.push(Release { cap: *id, n });
+            let (releases, failed, streams) = st.on_revoked(&mut caps);
+            // Streams stay until their terminal frame; their consumers hear now.
+            for id in streams {
+                if let Some(q) = st.questions.get(id) {
+                    q.reply.tell(Status::revoked("the capability"));
                 }
             }
-            let status = Status::revoked("the capability");
-            (st.questions.fail_for_caps(&caps, &status), releases)
+            (releases, failed)
         };
         for release in releases {
             self.send_nowait(Frame::Release(release));
@@ -66,7 +51,7 @@ impl Shared {
                 || "the capability".to_owned(),
                 |c| format!("capability {c}"),
             );
-            q.settle(Err(Status::revoked(what)));
+            q.reply.settle(Err(Status::revoked(what)));
         }
         self.emit(Event::Revoke {
             direction: Direction::Incoming,

@@ -168,7 +168,7 @@ impl Shared {
                 };
                 let (frame, caps) = {
                     let mut st = self.lock();
-                    if st.ended.is_some() {
+                    if st.ended().is_some() {
                         return None;
                     }
                     match self.describe_value(&mut st, value) {
@@ -184,7 +184,7 @@ impl Shared {
                     }
                 };
                 if let Err(status) = self.send(frame).await {
-                    self.lock().exports.unsend(&caps);
+                    self.lock().unsend(&caps);
                     return Some(Err(status));
                 }
                 sent += 1;
@@ -200,11 +200,11 @@ impl Shared {
             None => Err(self
                 .lock()
                 .answers
-                .stopped(id)
-                .flatten()
+                .why_stopped(id)
+                .cloned()
                 .unwrap_or_else(|| Status::new(Code::Cancelled, "the stream was cancelled"))),
         };
-        let ended = self.lock().ended.is_some();
+        let ended = self.lock().ended().is_some();
         let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
         if !ended {
             let frame = match outcome {

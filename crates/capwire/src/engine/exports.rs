@@ -1,23 +1,21 @@
 //! The export table: objects this side hosts and has handed to the peer.
 
-use std::sync::Arc;
-
 use capwire_proto::{CapDescriptor, Reason, Status, FIRST_EXPORT_CAP};
 
 use super::id_map::IdMap;
-use crate::object::Object;
 
-pub(crate) struct Export {
-    pub(crate) object: Arc<dyn Object>,
+pub(crate) struct Export<O> {
+    /// What identifies the object (see [`super::Host::object_key`]).
+    key: u64,
+    pub(crate) object: O,
     /// Introductions not yet released by the peer.
     pub(crate) refs: u64,
     /// The registry generation, for objects served by name (revocable by unserve).
     pub(crate) generation: Option<u64>,
 }
 
-#[derive(Default)]
-pub(crate) struct Exports {
-    entries: IdMap<Export>,
+pub(crate) struct Exports<O> {
+    entries: IdMap<Export<O>>,
     /// Revoked ids -> introductions the peer has not released yet. The object
     /// is gone; the count stays until the peer's releases bring it to 0, so a
     /// release that crossed the `revoked` frame is not a violation (\[S23\]).
@@ -27,24 +25,33 @@ pub(crate) struct Exports {
     next: u64,
 }
 
-fn key(object: &Arc<dyn Object>) -> u64 {
-    Arc::as_ptr(object) as *const () as usize as u64
+impl<O> Default for Exports<O> {
+    fn default() -> Exports<O> {
+        Exports {
+            entries: IdMap::default(),
+            revoked: IdMap::default(),
+            by_object: IdMap::default(),
+            next: 0,
+        }
+    }
 }
 
-impl Exports {
+impl<O: Clone> Exports<O> {
     /// Entries in the table, revoked ones still counted by the peer included.
     pub(crate) fn len(&self) -> usize {
         self.entries.len() + self.revoked.len()
     }
 
-    /// Exports `object` (or counts one more introduction of it) and returns its id.
+    /// Exports `object`, known by `key` (or counts one more introduction of
+    /// it) and returns its id.
     pub(crate) fn export(
         &mut self,
-        object: &Arc<dyn Object>,
+        key: u64,
+        object: &O,
         generation: Option<u64>,
         max: usize,
     ) -> Result<u64, Status> {
-        if let Some(id) = self.by_object.get(&key(object)) {
+        if let Some(id) = self.by_object.get(&key) {
             if let Some(e) = self.entries.get_mut(id) {
                 e.refs += 1;
                 return Ok(*id);
@@ -60,10 +67,11 @@ impl Exports {
         }
         let id = self.next;
         self.next += 1;
-        self.by_object.insert(key(object), id);
+        self.by_object.insert(key, id);
         self.entries.insert(
             id,
             Export {
+                key,
                 object: object.clone(),
                 refs: 1,
                 generation,
@@ -72,7 +80,7 @@ impl Exports {
         Ok(id)
     }
 
-    pub(crate) fn get(&self, id: u64) -> Option<&Export> {
+    pub(crate) fn get(&self, id: u64) -> Option<&Export<O>> {
         self.entries.get(&id)
     }
 
@@ -141,7 +149,7 @@ impl Exports {
 
     fn remove(&mut self, id: u64) {
         if let Some(e) = self.entries.remove(&id) {
-            self.by_object.remove(&key(&e.object));
+            self.by_object.remove(&e.key);
         }
     }
 

@@ -1,37 +1,40 @@
 //! The import table: the peer's objects this side holds handles to.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
 
 use super::id_map::{IdMap, IdSet};
-use crate::capability::RemoteCap;
+use super::WeakHandle;
 
-struct Import {
+struct Import<W> {
     /// Introductions received and not yet released.
     intros: u32,
-    handle: Weak<RemoteCap>,
+    handle: W,
     /// Serial of the live handle: a dropped handle only releases the entry it made.
     serial: u64,
 }
 
-#[derive(Default)]
-pub(crate) struct Imports {
-    entries: IdMap<Import>,
+pub(crate) struct Imports<W> {
+    entries: IdMap<Import<W>>,
     next_serial: u64,
 }
 
-impl Imports {
+impl<W> Default for Imports<W> {
+    fn default() -> Imports<W> {
+        Imports {
+            entries: IdMap::default(),
+            next_serial: 0,
+        }
+    }
+}
+
+impl<W: WeakHandle> Imports<W> {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Records one introduction of `id`, returning the live handle for it
     /// (new, or the one already held).
-    pub(crate) fn introduce(
-        &mut self,
-        id: u64,
-        make: impl FnOnce(u64) -> Arc<RemoteCap>,
-    ) -> Arc<RemoteCap> {
+    pub(crate) fn introduce(&mut self, id: u64, make: impl FnOnce(u64) -> W::Strong) -> W::Strong {
         self.next_serial += 1;
         let serial = self.next_serial;
         if let Some(entry) = self.entries.get_mut(&id) {
@@ -42,7 +45,7 @@ impl Imports {
             // The old handle was just dropped and its release is not processed
             // yet: the new handle takes the entry over, counts included.
             let fresh = make(serial);
-            entry.handle = Arc::downgrade(&fresh);
+            entry.handle = W::downgrade(&fresh);
             entry.serial = serial;
             return fresh;
         }
@@ -51,7 +54,7 @@ impl Imports {
             id,
             Import {
                 intros: 1,
-                handle: Arc::downgrade(&fresh),
+                handle: W::downgrade(&fresh),
                 serial,
             },
         );

@@ -1,0 +1,135 @@
+//! The session's [`Host`]: the runtime types the engine stores in its
+//! tables (objects, import handles, reply channels, cancellation tokens,
+//! values) and the few things it asks the driver to make.
+
+use std::sync::{Arc, Weak};
+
+use capwire_proto::{PathSeg, Status};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::flow::Credit;
+use super::pipeline::{AnswerRef, Queued};
+use super::Shared;
+use crate::capability::{CapKind, Capability, RemoteCap};
+use crate::engine::Host;
+use crate::events::Started;
+use crate::object::Object;
+use crate::value::Value;
+
+/// The engine's host for a tokio session.
+pub(crate) struct Live {
+    pub(crate) session: Weak<Shared>,
+}
+
+/// The driver's part of a running answer.
+#[derive(Clone)]
+pub(crate) struct Running {
+    /// Cancelled to stop the handler (and the calls it made).
+    pub(crate) cancel: CancellationToken,
+    /// A stream answer's credit.
+    pub(crate) credit: Option<Arc<Credit>>,
+}
+
+impl Running {
+    /// Tells the handler to stop.
+    pub(crate) fn stop(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// What a question's caller is told when it is answered.
+pub(crate) enum Reply {
+    /// A plain call: one result, to one waiter.
+    Once(oneshot::Sender<Result<Value, Status>>),
+    /// A kept call: the result is shared by every handle to the promise.
+    Kept {
+        tx: watch::Sender<Option<Result<Value, Status>>>,
+        meta: Meta,
+    },
+    /// A stream call: items, in order.
+    Stream {
+        tx: mpsc::UnboundedSender<Result<Value, Status>>,
+        meta: Meta,
+    },
+}
+
+/// What the events of a kept or stream question report.
+pub(crate) struct Meta {
+    pub(crate) method: String,
+    pub(crate) started: Started,
+}
+
+impl Reply {
+    /// Gives the caller its outcome. A stream only hears about errors: its
+    /// items went to it as they came.
+    pub(crate) fn settle(self, outcome: Result<Value, Status>) {
+        match self {
+            Reply::Once(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Kept { tx, .. } => {
+                tx.send_replace(Some(outcome));
+            }
+            Reply::Stream { tx, .. } => {
+                if let Err(status) = outcome {
+                    let _ = tx.send(Err(status));
+                }
+            }
+        }
+    }
+
+    /// Tells a stream's consumer it failed (the question stays until the
+    /// terminal frame); other replies are told when they settle.
+    pub(crate) fn tell(&self, status: Status) {
+        if let Reply::Stream { tx, .. } = self {
+            let _ = tx.send(Err(status));
+        }
+    }
+}
+
+impl Host for Live {
+    type Object = Arc<dyn Object>;
+    type Cap = Capability;
+    type Import = Weak<RemoteCap>;
+    type Reply = Reply;
+    type Running = Running;
+    type Value = Value;
+    type Waiting = Queued;
+
+    fn object_key(object: &Arc<dyn Object>) -> u64 {
+        Arc::as_ptr(object) as *const () as usize as u64
+    }
+
+    fn new_import(&self, id: u64, serial: u64) -> Arc<RemoteCap> {
+        Arc::new(RemoteCap {
+            session: self.session.clone(),
+            id,
+            serial,
+        })
+    }
+
+    fn import_cap(&self, handle: Arc<RemoteCap>) -> Capability {
+        Capability {
+            kind: CapKind::Remote(handle),
+        }
+    }
+
+    fn local_cap(&self, object: &Arc<dyn Object>) -> Capability {
+        Capability::from_arc(object.clone())
+    }
+
+    fn cap_at(&self, value: &Value, path: &[PathSeg]) -> Result<Capability, Status> {
+        value.payload.cap_at(path).and_then(|n| value.cap(n))
+    }
+
+    fn promise(&self, answer: u64, _path: Vec<PathSeg>) -> (Capability, Queued) {
+        let answer = Arc::new(AnswerRef::new(answer, self.session.clone()));
+        (
+            Capability {
+                kind: CapKind::Answer(answer.clone()),
+            },
+            Queued::Promise(answer),
+        )
+    }
+}
