@@ -166,6 +166,31 @@ impl<H: Host> Answers<H> {
         self.next_serial
     }
 
+    /// Records a kept call answered with `status` without running: it is
+    /// settled at once, so calls pipelined on it fail with the same error,
+    /// and stays until the caller's `finish`.
+    pub(crate) fn insert_failed(
+        &mut self,
+        id: u64,
+        cap: Option<u64>,
+        running: H::Running,
+        status: Status,
+    ) {
+        self.next_serial += 1;
+        self.entries.insert(
+            id,
+            Answer {
+                cap,
+                serial: self.next_serial,
+                running,
+                kind: AnswerKind::Kept,
+                life: Life::Settled(Err(status)),
+                queue: VecDeque::new(),
+                finished: false,
+            },
+        );
+    }
+
     /// Where answer `id` is in its life.
     pub(crate) fn life(&self, id: u64) -> Option<&Life<H>> {
         self.entries.get(&id).map(|a| &a.life)

@@ -20,6 +20,7 @@
 
 pub(crate) mod answers;
 pub(crate) mod deadline;
+mod dispatch;
 pub(crate) mod exports;
 pub(crate) mod id_map;
 pub(crate) mod imports;
@@ -27,6 +28,7 @@ mod limits;
 mod names;
 pub(crate) mod questions;
 
+pub(crate) use dispatch::{Action, Start};
 pub use limits::Limits;
 pub(crate) use names::MethodNames;
 
@@ -34,7 +36,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use capwire_proto::{
-    CapDescriptor, Code, PathSeg, Reason, Release, Status, Target, BOOTSTRAP_CAP, RUNTIME_CAP,
+    CapDescriptor, Code, PathSeg, Payload, Reason, Release, Status, Target, BOOTSTRAP_CAP,
+    RUNTIME_CAP,
 };
 
 use answers::{AnswerKind, Answers, Life, Refusal};
@@ -61,6 +64,8 @@ pub(crate) trait Host {
     type Value: Clone;
     /// What waits for a kept answer to settle (a queued call, a promise).
     type Waiting;
+    /// Where a stream question's items go.
+    type ItemSink;
 
     /// Identifies `object` for the export table: the same object exported
     /// twice gets the same id.
@@ -76,6 +81,15 @@ pub(crate) trait Host {
     /// A capability that resolves when kept answer `answer` settles, and what
     /// waits in that answer's queue to resolve it.
     fn promise(&self, answer: u64, path: Vec<PathSeg>) -> (Self::Cap, Self::Waiting);
+    /// A received value: its payload and the capabilities its descriptors became.
+    fn value(&self, payload: Payload, caps: Vec<Self::Cap>) -> Self::Value;
+    /// A call that waits in a kept answer's queue until it settles.
+    fn queued_call(&self, start: Start<Self>) -> Self::Waiting
+    where
+        Self: Sized;
+    /// Where the items of a stream question with `reply` go, while its
+    /// consumer listens.
+    fn item_sink(&self, reply: &Self::Reply) -> Option<Self::ItemSink>;
 }
 
 /// A weak reference to a shared handle (`std::sync::Weak` for the runtime).
@@ -149,6 +163,8 @@ pub(crate) struct Core<H: Host> {
     peer_goaway: Option<Status>,
     /// The peer's method names, shared by the calls that use them.
     method_names: MethodNames,
+    /// The peer's `hello` arrived.
+    hello_seen: bool,
 }
 
 /// What an admitted call needs to start (now, or when its queue delivers).
@@ -161,6 +177,16 @@ pub(crate) struct Admitted<H: Host> {
     /// The capabilities of the arguments.
     pub(crate) caps: Vec<H::Cap>,
     pub(crate) route: Route<H>,
+    /// The driver's part, as recorded in the table.
+    pub(crate) running: H::Running,
+}
+
+/// A received call that passed the checks, before it is recorded.
+struct Routed<H: Host> {
+    kind: AnswerKind,
+    method: Arc<str>,
+    caps: Vec<H::Cap>,
+    route: Route<H>,
 }
 
 /// A received call, as the engine needs it.
@@ -191,6 +217,7 @@ impl<H: Host> Core<H> {
             phase: Phase::Open,
             peer_goaway: None,
             method_names: MethodNames::default(),
+            hello_seen: false,
         }
     }
 
@@ -373,8 +400,55 @@ impl<H: Host> Core<H> {
         call: Incoming,
         running: impl FnOnce() -> H::Running,
     ) -> Result<Result<Admitted<H>, Status>, Status> {
+        let id = call.id;
+        if self.answers.contains(id) {
+            // Reusing a live question id ([S12]); answering it would cross
+            // two calls' answers, so the connection ends instead.
+            return Err(Status::protocol_violation(format!(
+                "call {id} reuses the id of a call still running"
+            )));
+        }
+        let kept = call.keep && !call.stream;
+        let cap = match call.target {
+            Target::Cap(cap) => Some(cap),
+            Target::Answer { .. } => None,
+        };
+        match self.route(call) {
+            Ok(Routed {
+                kind,
+                method,
+                caps,
+                route,
+            }) => {
+                let queued = matches!(route, Route::Queue(..));
+                let running = running();
+                let serial = self.answers.insert(id, cap, kind, queued, running.clone());
+                Ok(Ok(Admitted {
+                    serial,
+                    cap,
+                    method,
+                    caps,
+                    route,
+                    running,
+                }))
+            }
+            Err(status) => {
+                // A kept call answered without running still holds its
+                // (failed) answer until `finish`, so that calls pipelined on
+                // it fail with its error, not `not_found` ([S14]). Bounded:
+                // these count against `max_in_flight_in` like any answer.
+                if kept && self.answers.len() < self.limits.max_in_flight_in {
+                    self.answers
+                        .insert_failed(id, cap, running(), status.clone());
+                }
+                Ok(Err(status))
+            }
+        }
+    }
+
+    /// Checks a received call against the limits and finds its target.
+    fn route(&mut self, call: Incoming) -> Result<Routed<H>, Status> {
         let Incoming {
-            id,
             target,
             method,
             caps,
@@ -384,72 +458,53 @@ impl<H: Host> Core<H> {
             expired,
             ..
         } = call;
-        if self.answers.contains(id) {
-            // Reusing a live question id ([S12]); answering it would cross
-            // two calls' answers, so the connection ends instead.
-            return Err(Status::protocol_violation(format!(
-                "call {id} reuses the id of a call still running"
-            )));
-        }
         if depth_exceeded {
             let max = self.limits.max_depth as u64;
-            return Ok(Err(Status::limit(Reason::MAX_VALUE_DEPTH, max)));
+            return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max));
         }
         if expired {
-            return Ok(Err(deadline::expired_on_arrival(&method)));
+            return Err(deadline::expired_on_arrival(&method));
         }
         let limits = &self.limits;
         if let Some(s) = self.closing() {
-            return Ok(Err(Status::unavailable(s.message.clone())));
+            return Err(Status::unavailable(s.message.clone()));
         }
         if self.answers.len() >= limits.max_in_flight_in {
             let max = limits.max_in_flight_in as u64;
-            return Ok(Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max)));
+            return Err(Status::limit(Reason::MAX_CONCURRENT_CALLS, max));
         }
         if stream && self.answers.streams() >= limits.max_open_streams {
             let max = limits.max_open_streams as u64;
-            return Ok(Err(Status::limit(Reason::MAX_OPEN_STREAMS, max)));
+            return Err(Status::limit(Reason::MAX_OPEN_STREAMS, max));
         }
-        let (route, cap) = match target {
-            Target::Cap(BOOTSTRAP_CAP) => (Route::Bootstrap, Some(BOOTSTRAP_CAP)),
-            Target::Cap(RUNTIME_CAP) => (Route::Runtime, Some(RUNTIME_CAP)),
+        let route = match target {
+            Target::Cap(BOOTSTRAP_CAP) => Route::Bootstrap,
+            Target::Cap(RUNTIME_CAP) => Route::Runtime,
             Target::Cap(cap) => match self.exports.get(cap) {
-                Some(e) => (Route::Object(e.object.clone()), Some(cap)),
-                None => return Ok(Err(self.missing_export(cap))),
+                Some(e) => Route::Object(e.object.clone()),
+                None => return Err(self.missing_export(cap)),
             },
-            Target::Answer { id: answer, path } => match self.answers.pipeline_target(answer) {
-                Ok(Some(value)) => match value_at(&self.host, value, &path) {
-                    Ok(cap) => (Route::Cap(cap), None),
-                    Err(status) => return Ok(Err(status)),
-                },
-                Ok(None) => {
-                    if let Err(status) = self.check_pending_pipelined() {
-                        return Ok(Err(status));
-                    }
-                    (Route::Queue(answer, path), None)
+            Target::Answer { id: answer, path } => match self.answers.pipeline_target(answer)? {
+                Some(value) => Route::Cap(value_at(&self.host, value, &path)?),
+                None => {
+                    self.check_pending_pipelined()?;
+                    Route::Queue(answer, path)
                 }
-                Err(status) => return Ok(Err(status)),
             },
         };
-        let caps = match self.resolve(caps) {
-            Ok(caps) => caps,
-            Err(status) => return Ok(Err(status)),
-        };
+        let caps = self.resolve(caps)?;
         let kind = match (stream, keep) {
             (true, _) => AnswerKind::Stream,
             (false, true) => AnswerKind::Kept,
             (false, false) => AnswerKind::Plain,
         };
-        let queued = matches!(route, Route::Queue(..));
-        let serial = self.answers.insert(id, cap, kind, queued, running());
         let method = self.method_names.intern(method);
-        Ok(Ok(Admitted {
-            serial,
-            cap,
+        Ok(Routed {
+            kind,
             method,
             caps,
             route,
-        }))
+        })
     }
 
     /// The caller cancelled answer `id`: the handler to stop, or, for a call

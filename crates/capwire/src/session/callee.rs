@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use capwire_proto::{Call, CallResult, CapDescriptor, Code, Frame, Outcome, Status, StreamError};
+use capwire_proto::{CallResult, CapDescriptor, Code, Frame, Outcome, Status, StreamError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::Instant;
@@ -19,24 +19,11 @@ use crate::events::{Direction, Event, Started};
 use crate::object::{CallContext, Object};
 use crate::value::Value;
 
-use super::{
-    deadline, object_of, pipeline, CallScope, Credit, Failing, Queued, Running, Shared, SCOPE,
-};
-use crate::engine::{Admitted, Incoming, Route as EngineRoute};
+use super::{deadline, object_of, pipeline, CallScope, Failing, Queued, Running, Shared, SCOPE};
 
 /// Everything needed to start answering a call, now or when the answer it
 /// is pipelined on settles.
-pub(crate) struct StartAnswer {
-    pub(super) id: u64,
-    pub(super) serial: u64,
-    pub(super) cap: Option<u64>,
-    pub(super) method: Arc<str>,
-    pub(super) args: Value,
-    pub(super) deadline: Option<Instant>,
-    pub(super) cancel: CancellationToken,
-    pub(super) started: Started,
-    pub(super) credit: Option<Arc<Credit>>,
-}
+pub(crate) type StartAnswer = crate::engine::Start<super::Live>;
 
 /// What to do once an answer's `result` went out (or could not).
 pub(super) struct Answered {
@@ -140,85 +127,6 @@ impl Shared {
         });
     }
 
-    /// Starts answering a call. An `Err` is a connection-fatal violation;
-    /// everything else answers the call.
-    pub(super) fn handle_call(self: &Arc<Self>, call: Call) -> Result<(), Status> {
-        let Call {
-            id,
-            target,
-            method,
-            args,
-            caps,
-            deadline_ms,
-            keep,
-            stream,
-            ..
-        } = call;
-        let now = Instant::now();
-        let arrival = deadline::Arrival::from_wire(deadline_ms, now);
-        let incoming = Incoming {
-            id,
-            target,
-            method,
-            caps,
-            keep,
-            stream: stream.is_some(),
-            depth_exceeded: args.exceeds_depth(self.config.limits.max_depth),
-            expired: arrival == deadline::Arrival::Expired,
-        };
-        let started = self.started();
-        let credit = stream.map(|window| Arc::new(Credit::new(window)));
-        let cancel = CancellationToken::new();
-        let mut st = self.lock();
-        let running = || Running {
-            cancel: cancel.clone(),
-            credit: credit.clone(),
-        };
-        let admitted = match st.admit(incoming, running)? {
-            Ok(admitted) => admitted,
-            Err(status) => {
-                drop(st);
-                self.reject(id, stream.is_some(), status);
-                return Ok(());
-            }
-        };
-        let Admitted {
-            serial,
-            cap,
-            method,
-            caps,
-            route,
-        } = admitted;
-        let start = StartAnswer {
-            id,
-            serial,
-            cap,
-            method,
-            args: Value {
-                payload: args,
-                caps,
-            },
-            deadline: arrival.instant(),
-            cancel,
-            started,
-            credit,
-        };
-        let object = match route {
-            EngineRoute::Queue(answer, path) => {
-                st.answers
-                    .enqueue(answer, path, Queued::Call(Box::new(start)));
-                return Ok(());
-            }
-            EngineRoute::Bootstrap => None,
-            EngineRoute::Runtime => Some(self.runtime.clone()),
-            EngineRoute::Object(object) => Some(object),
-            EngineRoute::Cap(cap) => Some(object_of(cap)),
-        };
-        drop(st);
-        self.start_answer(start, object);
-        Ok(())
-    }
-
     /// Runs an answer: inline on this task until its first wait, so that
     /// calls start in the order they arrived (E-order) and a handler that
     /// does not wait is answered without a task switch; then as a task.
@@ -228,7 +136,7 @@ impl Shared {
         object: Option<Arc<dyn Object>>,
     ) {
         match object {
-            Some(object) if start.credit.is_none() => self.start_call(start, object),
+            Some(object) if start.running.credit.is_none() => self.start_call(start, object),
             object => self.start_other(start, object),
         }
     }
@@ -244,8 +152,9 @@ impl Shared {
             method,
             args,
             deadline,
-            cancel,
-            started,
+            running: Running {
+                cancel, started, ..
+            },
             ..
         } = start;
         let idempotent = object.is_idempotent(&method);
@@ -317,7 +226,7 @@ impl Shared {
         let span =
             tracing::debug_span!("answer", cap = start.cap, method = %start.method, id = start.id);
         let run = async move {
-            if let Some(credit) = start.credit.clone() {
+            if let Some(credit) = start.running.credit.clone() {
                 return shared.run_stream(start, object, credit).await;
             }
             let StartAnswer {
@@ -326,8 +235,9 @@ impl Shared {
                 method,
                 args,
                 deadline,
-                cancel,
-                started,
+                running: Running {
+                    cancel, started, ..
+                },
                 ..
             } = start;
             // `start_answer` sends calls on objects to `start_call`.

@@ -1,13 +1,9 @@
 //! The caller's side: questions this side asks (plain, kept, stream), and
 //! the `result`, `item` and stream-terminal frames that answer them.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use capwire_proto::{
-    Call, CallResult, Cancel, Code, Frame, Outcome, PathSeg, Payload, Reason, Status, StreamItem,
-    Target,
-};
+use capwire_proto::{Call, Cancel, Code, Frame, PathSeg, Payload, Status, Target};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -17,7 +13,7 @@ use crate::promise::{KeptQuestion, MethodName};
 use crate::value::Value;
 
 use super::{deadline, CallScope, Meta, RemoteItems, Reply, Shared};
-use crate::engine::questions::{ItemFor, QuestionKind};
+use crate::engine::questions::QuestionKind;
 
 /// What a call on the wire is addressed to: a capability the peer exported,
 /// or the capability at a path of one of this side's kept questions.
@@ -238,100 +234,6 @@ impl Shared {
         let items = RemoteItems::new(self.clone(), id, rx, window, deps);
         self.send_question(id, frame)?;
         Ok(items)
-    }
-
-    pub(super) fn handle_result(self: &Arc<Self>, result: CallResult) -> Result<(), Status> {
-        let max_depth = self.config.limits.max_depth;
-        let mut st = self.lock();
-        let Some(question) = st.questions.take_for_result(result.id)? else {
-            // A result for a question we stopped waiting on (cancelled, timed
-            // out, finished) is dropped ([S19]); what it introduced goes back.
-            drop(st);
-            if let Outcome::Ok { caps, .. } = result.outcome {
-                self.release_unwanted(&caps);
-            }
-            return Ok(());
-        };
-        let outcome = match result.outcome {
-            // The caps are imported even when the value is refused: dropping
-            // them then releases the introductions the peer counted.
-            Outcome::Ok { value, caps } => st.resolve(caps).and_then(|caps| {
-                if value.exceeds_depth(max_depth) {
-                    return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
-                }
-                Ok(Value {
-                    payload: value,
-                    caps,
-                })
-            }),
-            Outcome::Err(status) => Err(status),
-        };
-        drop(st);
-        self.notify_settled();
-        let cap = question.cap;
-        match question.reply {
-            Reply::Kept { tx, meta } => {
-                let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
-                tx.send_replace(Some(outcome));
-                self.record_outgoing(cap, result.id, meta, code, false);
-            }
-            reply => reply.settle(outcome),
-        }
-        Ok(())
-    }
-
-    pub(super) fn handle_item(self: &Arc<Self>, item: StreamItem) -> Result<(), Status> {
-        let StreamItem { id, value, caps } = item;
-        let max_depth = self.config.limits.max_depth;
-        let mut st = self.lock();
-        let tx = match st.questions.on_item(id)? {
-            ItemFor::Deliver(Reply::Stream { tx, .. }) => tx.clone(),
-            ItemFor::Deliver(_) => {
-                return Err(Status::protocol_violation(format!(
-                    "`item` for question {id}, which is not an open stream"
-                )))
-            }
-            ItemFor::Discard => {
-                // Cancelled: discarded, its introductions handed back.
-                drop(st);
-                self.release_unwanted(&caps);
-                return Ok(());
-            }
-        };
-        let item = st.resolve(caps).and_then(|caps| {
-            if value.exceeds_depth(max_depth) {
-                return Err(Status::limit(Reason::MAX_VALUE_DEPTH, max_depth as u64));
-            }
-            Ok(Value {
-                payload: value,
-                caps,
-            })
-        });
-        drop(st);
-        self.counters
-            .stream_items_in
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(item);
-        Ok(())
-    }
-
-    /// `end` (`err` = `None`) or `stream_error` for stream question `id`.
-    pub(super) fn handle_stream_end(
-        self: &Arc<Self>,
-        id: u64,
-        err: Option<Status>,
-    ) -> Result<(), Status> {
-        let (question, open) = self.lock().questions.on_stream_end(id)?;
-        self.notify_settled();
-        let cap = question.cap;
-        if let Reply::Stream { tx, meta } = question.reply {
-            let code = err.as_ref().map_or(Code::Ok, |s| s.code);
-            if let (true, Some(err)) = (open, err) {
-                let _ = tx.send(Err(err));
-            }
-            self.record_outgoing(cap, id, meta, code, true);
-        }
-        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use capwire_proto::{CapDescriptor, Code, Frame, Payload, Status};
+use capwire_proto::{CapDescriptor, Code, Payload, Status};
 
 use crate::capability::{CapKind, Capability};
 use crate::engine::Outgoing;
@@ -73,13 +73,6 @@ impl Shared {
             .into_codec(self.codec)
             .map_err(|e| Status::new(Code::Internal, format!("cannot encode the value: {e}")))?;
         Ok((payload, self.describe_caps(st, &value.caps)?))
-    }
-
-    /// Hands back the introductions of a value nobody will receive.
-    pub(super) fn release_unwanted(&self, caps: &[CapDescriptor]) {
-        for release in State::unwanted(caps) {
-            self.send_nowait(Frame::Release(release));
-        }
     }
 }
 

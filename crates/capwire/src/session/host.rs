@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use capwire_proto::{PathSeg, Status};
+use capwire_proto::{PathSeg, Payload, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +12,7 @@ use super::flow::Credit;
 use super::pipeline::{AnswerRef, Queued};
 use super::Shared;
 use crate::capability::{CapKind, Capability, RemoteCap};
-use crate::engine::Host;
+use crate::engine::{Host, Start};
 use crate::events::Started;
 use crate::object::Object;
 use crate::value::Value;
@@ -29,6 +29,8 @@ pub(crate) struct Running {
     pub(crate) cancel: CancellationToken,
     /// A stream answer's credit.
     pub(crate) credit: Option<Arc<Credit>>,
+    /// When the call arrived, for its event.
+    pub(crate) started: Started,
 }
 
 impl Running {
@@ -78,14 +80,6 @@ impl Reply {
             }
         }
     }
-
-    /// Tells a stream's consumer it failed (the question stays until the
-    /// terminal frame); other replies are told when they settle.
-    pub(crate) fn tell(&self, status: Status) {
-        if let Reply::Stream { tx, .. } = self {
-            let _ = tx.send(Err(status));
-        }
-    }
 }
 
 impl Host for Live {
@@ -96,6 +90,7 @@ impl Host for Live {
     type Running = Running;
     type Value = Value;
     type Waiting = Queued;
+    type ItemSink = mpsc::UnboundedSender<Result<Value, Status>>;
 
     fn object_key(object: &Arc<dyn Object>) -> u64 {
         Arc::as_ptr(object) as *const () as usize as u64
@@ -131,5 +126,20 @@ impl Host for Live {
             },
             Queued::Promise(answer),
         )
+    }
+
+    fn value(&self, payload: Payload, caps: Vec<Capability>) -> Value {
+        Value { payload, caps }
+    }
+
+    fn queued_call(&self, start: Start<Live>) -> Queued {
+        Queued::Call(Box::new(start))
+    }
+
+    fn item_sink(&self, reply: &Reply) -> Option<Self::ItemSink> {
+        match reply {
+            Reply::Stream { tx, .. } => Some(tx.clone()),
+            _ => None,
+        }
     }
 }

@@ -5,15 +5,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use capwire_proto::{
-    codec, Cancel, Code, Finish, Frame, Goaway, Ping, Pong, Reason, Release, Revoked, Status,
-    StreamEnd, StreamError, PROTOCOL_VERSION,
-};
+use capwire_proto::{codec, Code, Frame, Reason, Status};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::engine::answers::Finished;
+use crate::engine::{Action, Route};
 use crate::transport::{FrameReceiver, TransportError};
 
-use super::Shared;
+use super::{object_of, Credit, Reply, Running, Shared};
 
 pub(super) fn transport_status(error: TransportError, max_frame_bytes: usize) -> Status {
     match error {
@@ -29,7 +28,6 @@ pub(super) fn transport_status(error: TransportError, max_frame_bytes: usize) ->
 }
 
 pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) {
-    let mut got_hello = false;
     // One waiter for the whole loop, polled only when no frame is ready.
     let closed = shared.closed.clone();
     let closed = closed.cancelled();
@@ -68,33 +66,6 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
                 return;
             }
         };
-        if !got_hello {
-            match frame {
-                Frame::Hello(h) if h.v == PROTOCOL_VERSION => {
-                    got_hello = true;
-                    if let Some(max) = h.limits.max_frame_bytes {
-                        let max = usize::try_from(max).unwrap_or(usize::MAX);
-                        shared.peer_max_frame.store(max, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                Frame::Hello(h) => {
-                    let status = Status::new(
-                        Code::FailedPrecondition,
-                        format!("protocol version {} is not supported; this peer speaks {PROTOCOL_VERSION}", h.v),
-                    )
-                    .with_reason(Reason::VERSION_MISMATCH);
-                    shared.fail(status).await;
-                    return;
-                }
-                other => {
-                    let status =
-                        Status::protocol_violation(format!("`{}` frame before hello", other.op()));
-                    shared.fail(status).await;
-                    return;
-                }
-            }
-        }
         if let Err(status) = shared.handle(frame) {
             shared.fail(status).await;
             return;
@@ -113,59 +84,98 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
 }
 
 impl Shared {
-    /// Handles one decoded frame. An `Err` is a connection-fatal violation.
+    /// Handles one decoded frame: the engine decides, this does what it
+    /// says. An `Err` is a connection-fatal violation.
     pub(super) fn handle(self: &Arc<Self>, frame: Frame) -> Result<(), Status> {
-        match frame {
-            Frame::Hello(_) => Err(Status::protocol_violation("a second hello")),
-            Frame::Call(call) => self.handle_call(call),
-            Frame::Result(result) => self.handle_result(result),
-            Frame::Cancel(Cancel { id }) => {
-                let stopped = self.lock().on_cancel(id);
-                match stopped {
-                    Some(Ok(running)) => running.stop(),
-                    Some(Err(refusal)) => {
-                        // It never started: answered here ([S21]).
-                        let status = Status::new(Code::Cancelled, "the caller cancelled the call");
-                        self.reject(id, refusal.stream, status);
-                        self.notify_settled();
-                    }
-                    None => {}
+        let now = Instant::now();
+        let action = self.lock().on_frame(frame, now, |stream| Running {
+            cancel: CancellationToken::new(),
+            credit: stream.map(|window| Arc::new(Credit::new(window))),
+            started: self.started(),
+        })?;
+        match action {
+            Action::None => {}
+            Action::Hello { max_frame_bytes } => {
+                if let Some(max) = max_frame_bytes {
+                    self.peer_max_frame.store(max, Ordering::Relaxed);
                 }
-                Ok(())
             }
-            Frame::Finish(Finish { id }) => {
-                let finished = self.lock().on_finish(id);
-                match finished {
-                    Finished::Nothing => {}
-                    Finished::Stop(running) => running.stop(),
-                    Finished::Refused(refusal) => {
-                        let status =
-                            Status::new(Code::Cancelled, "the caller finished the question");
-                        self.reject(id, refusal.stream, status);
-                        self.notify_settled();
-                    }
-                    Finished::Freed(answer) => {
-                        drop(answer);
-                        self.notify_settled();
-                    }
+            Action::Send(frame) => self.send_nowait(frame),
+            Action::Release(releases) => {
+                for release in releases {
+                    self.send_nowait(Frame::Release(release));
                 }
-                Ok(())
             }
-            Frame::Release(Release { cap, n }) => self.lock().on_release(cap, n),
-            Frame::Revoked(Revoked { caps }) => {
-                self.handle_revoked(caps);
-                Ok(())
+            Action::Reject { id, stream, status } => {
+                self.reject(id, stream, status);
+                self.notify_settled();
             }
-            Frame::Goaway(Goaway { status, .. }) => {
-                tracing::debug!(%status, "peer sent goaway");
-                self.lock().on_goaway(status);
-                Ok(())
+            Action::Run(start, route) => {
+                let object = match route {
+                    Route::Bootstrap => None,
+                    Route::Runtime => Some(self.runtime.clone()),
+                    Route::Object(object) => Some(object),
+                    Route::Cap(cap) => Some(object_of(cap)),
+                    // The engine queues these itself.
+                    Route::Queue(..) => return Ok(()),
+                };
+                self.start_answer(start, object);
             }
-            Frame::Ping(Ping { nonce }) => {
-                self.send_nowait(Frame::Pong(Pong { nonce }));
-                Ok(())
+            Action::Stop(running) => running.stop(),
+            Action::Freed(answer) => {
+                drop(answer);
+                self.notify_settled();
             }
-            Frame::Pong(Pong { nonce }) => {
+            Action::Settle {
+                id,
+                question,
+                outcome,
+            } => {
+                self.notify_settled();
+                let cap = question.cap;
+                match question.reply {
+                    Reply::Kept { tx, meta } => {
+                        let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
+                        tx.send_replace(Some(outcome));
+                        self.record_outgoing(cap, id, meta, code, false);
+                    }
+                    reply => reply.settle(outcome),
+                }
+            }
+            Action::Item { sink, item } => {
+                self.counters
+                    .stream_items_in
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = sink.send(item);
+            }
+            Action::StreamEnd {
+                id,
+                question,
+                open,
+                err,
+            } => {
+                self.notify_settled();
+                let cap = question.cap;
+                if let Reply::Stream { tx, meta } = question.reply {
+                    let code = err.as_ref().map_or(Code::Ok, |s| s.code);
+                    if let (true, Some(err)) = (open, err) {
+                        let _ = tx.send(Err(err));
+                    }
+                    self.record_outgoing(cap, id, meta, code, true);
+                }
+            }
+            Action::Revoked {
+                caps,
+                releases,
+                failed,
+                streams,
+            } => self.revoked_by_peer(caps, releases, failed, streams),
+            Action::Credit(running, n) => {
+                if let Some(credit) = running.credit {
+                    credit.grant(n);
+                }
+            }
+            Action::Pong(nonce) => {
                 let ping = self.pings().waiting.remove(&nonce);
                 if let Some((sent, tx)) = ping {
                     let rtt = sent.elapsed();
@@ -173,27 +183,9 @@ impl Shared {
                     self.counters.last_rtt.store(us + 1, Ordering::Relaxed);
                     let _ = tx.send(rtt);
                 }
-                Ok(())
             }
-            Frame::Credit(capwire_proto::Credit { id, n }) => {
-                // Unknown or ended streams: the credit crossed the terminal frame.
-                let credit = self
-                    .lock()
-                    .answers
-                    .stream(id)
-                    .and_then(|r| r.credit.clone());
-                if let Some(credit) = credit {
-                    credit.grant(n);
-                }
-                Ok(())
-            }
-            Frame::Item(item) => self.handle_item(item),
-            Frame::End(StreamEnd { id }) => self.handle_stream_end(id, None),
-            Frame::StreamError(StreamError { id, err }) => self.handle_stream_end(id, Some(err)),
-            other => Err(Status::protocol_violation(format!(
-                "unexpected `{}` frame",
-                other.op()
-            ))),
+            Action::Goaway(status) => tracing::debug!(%status, "peer sent goaway"),
         }
+        Ok(())
     }
 }

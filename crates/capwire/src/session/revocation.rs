@@ -3,12 +3,19 @@
 
 use std::sync::Arc;
 
-use capwire_proto::{Frame, Revoked, Status};
+use capwire_proto::{Frame, Release, Revoked, Status};
+use tokio::sync::mpsc;
+
+use crate::engine::questions::Question;
+use crate::value::Value;
 
 use crate::events::{Direction, Event};
 use crate::registry::RevocationSink;
 
-use super::Shared;
+use super::{Reply, Shared};
+
+/// Where a stream question's items go.
+type ItemSink = mpsc::UnboundedSender<Result<Value, Status>>;
 
 impl RevocationSink for Shared {
     fn revoke_generation(&self, generation: u64) {
@@ -28,18 +35,18 @@ impl RevocationSink for Shared {
 }
 
 impl Shared {
-    pub(super) fn handle_revoked(self: &Arc<Self>, mut caps: Vec<u64>) {
-        let (releases, failed) = {
-            let mut st = self.lock();
-            let (releases, failed, streams) = st.on_revoked(&mut caps);
-            // Streams stay until their terminal frame; their consumers hear now.
-            for id in streams {
-                if let Some(q) = st.questions.get(id) {
-                    q.reply.tell(Status::revoked("the capability"));
-                }
-            }
-            (releases, failed)
-        };
+    /// The peer revoked `caps`: hand back their introductions, fail the
+    /// calls on them, tell the streams on them.
+    pub(super) fn revoked_by_peer(
+        self: &Arc<Self>,
+        caps: Vec<u64>,
+        releases: Vec<Release>,
+        failed: Vec<Question<Reply>>,
+        streams: Vec<ItemSink>,
+    ) {
+        for stream in streams {
+            let _ = stream.send(Err(Status::revoked("the capability")));
+        }
         for release in releases {
             self.send_nowait(Frame::Release(release));
         }

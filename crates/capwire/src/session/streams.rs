@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::flow::{grant_batch, Credit};
-use super::{supervise, Shared, StartAnswer, SCOPE};
+use super::{supervise, Running, Shared, StartAnswer, SCOPE};
 use crate::capability::Capability;
 use crate::events::{Direction, Event};
 use crate::object::Object;
@@ -98,8 +98,9 @@ impl Shared {
             method,
             args,
             deadline,
-            cancel,
-            started,
+            running: Running {
+                cancel, started, ..
+            },
             ..
         } = start;
         let stop_at = deadline::stop_at(deadline, self.config.deadline_grace, false);
