@@ -26,24 +26,26 @@ pub(crate) mod id_map;
 pub(crate) mod imports;
 mod limits;
 mod names;
+mod outgoing;
 pub(crate) mod questions;
 
 pub(crate) use dispatch::{Action, Start};
 pub use limits::Limits;
 pub(crate) use names::MethodNames;
+pub(crate) use outgoing::{Answering, OutgoingCall};
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use capwire_proto::{
-    CapDescriptor, Code, PathSeg, Payload, Reason, Release, Status, Target, BOOTSTRAP_CAP,
+    CapDescriptor, Code, Codec, PathSeg, Payload, Reason, Release, Status, Target, BOOTSTRAP_CAP,
     RUNTIME_CAP,
 };
 
 use answers::{AnswerKind, Answers, Life, Refusal};
 use exports::Exports;
 use imports::{Imports, RevokedIds};
-use questions::{QuestionKind, Questions};
+use questions::Questions;
 
 /// The driver's types, as the engine stores them: it keeps them in its
 /// tables and hands them back, and asks the host for the few things it must
@@ -83,6 +85,10 @@ pub(crate) trait Host {
     fn promise(&self, answer: u64, path: Vec<PathSeg>) -> (Self::Cap, Self::Waiting);
     /// A received value: its payload and the capabilities its descriptors became.
     fn value(&self, payload: Payload, caps: Vec<Self::Cap>) -> Self::Value;
+    /// An outgoing value's payload and capabilities.
+    fn into_parts(value: Self::Value) -> (Payload, Vec<Self::Cap>);
+    /// How `cap` travels on this connection.
+    fn classify<'a>(&self, cap: &'a Self::Cap) -> Outgoing<'a, Self::Object>;
     /// A call that waits in a kept answer's queue until it settles.
     fn queued_call(&self, start: Start<Self>) -> Self::Waiting
     where
@@ -151,6 +157,8 @@ pub(crate) enum Phase {
 pub(crate) struct Core<H: Host> {
     host: H,
     limits: Limits,
+    /// The codec this side sends.
+    codec: Codec,
     pub(crate) exports: Exports<H::Object>,
     pub(crate) imports: Imports<H::Import>,
     pub(crate) questions: Questions<H::Reply>,
@@ -204,8 +212,9 @@ pub(crate) struct Incoming {
 
 impl<H: Host> Core<H> {
     /// A connection's state, empty.
-    pub(crate) fn new(host: H, limits: Limits) -> Core<H> {
+    pub(crate) fn new(host: H, limits: Limits, codec: Codec) -> Core<H> {
         Core {
+            codec,
             revoked_imports: RevokedIds::new(limits.max_revoked_remembered),
             revoked_exports: RevokedIds::new(limits.max_revoked_remembered),
             host,
@@ -263,42 +272,6 @@ impl<H: Host> Core<H> {
     }
 
     // ---- capabilities in values ----------------------------------------
-
-    /// Describes the capabilities of an outgoing value, exporting local
-    /// objects. All or nothing: if one cannot be exported (the export limit),
-    /// the introductions counted for the others are taken back.
-    pub(crate) fn describe<'a>(
-        &mut self,
-        caps: impl IntoIterator<Item = Outgoing<'a, H::Object>>,
-    ) -> Result<Vec<CapDescriptor>, Status>
-    where
-        H::Object: 'a,
-    {
-        let caps = caps.into_iter();
-        let mut described = Vec::with_capacity(caps.size_hint().0);
-        let max = self.limits.max_exports;
-        for cap in caps {
-            let d = match cap {
-                Outgoing::Export(object, generation) => self
-                    .exports
-                    .export(H::object_key(&object), &object, generation, max)
-                    .map(CapDescriptor::Export),
-                Outgoing::Import(id) => Ok(CapDescriptor::Import(id)),
-                Outgoing::Answer(id, path) => Ok(CapDescriptor::Answer {
-                    id,
-                    path: path.into_owned(),
-                }),
-            };
-            match d {
-                Ok(d) => described.push(d),
-                Err(status) => {
-                    self.exports.unsend(&described);
-                    return Err(status);
-                }
-            }
-        }
-        Ok(described)
-    }
 
     /// Takes back the introductions of descriptors that were never sent.
     pub(crate) fn unsend(&mut self, sent: &[CapDescriptor]) {
@@ -590,12 +563,6 @@ impl<H: Host> Core<H> {
         Ok(())
     }
 
-    /// Records a question (after [`Core::may_call`] and [`Core::describe`]):
-    /// its id, never reused on a connection.
-    pub(crate) fn ask(&mut self, cap: Option<u64>, kind: QuestionKind, reply: H::Reply) -> u64 {
-        self.questions.insert(cap, kind, reply)
-    }
-
     /// The peer revoked `caps`: the `release`s that hand back every
     /// introduction now ([S23]) and the questions to fail (streams among
     /// them stay until their terminal frame, and are returned to be told).
@@ -651,6 +618,39 @@ impl<H: Host> Core<H> {
 pub(crate) struct Ended<H: Host> {
     pub(crate) questions: Vec<questions::Question<H::Reply>>,
     pub(crate) answers: Vec<answers::Answer<H>>,
+}
+
+/// Describes `caps` into descriptors, exporting into `exports` (all or nothing).
+fn describe<'a, H: Host>(
+    exports: &mut Exports<H::Object>,
+    max: usize,
+    caps: impl IntoIterator<Item = Outgoing<'a, H::Object>>,
+) -> Result<Vec<CapDescriptor>, Status>
+where
+    H::Object: 'a,
+{
+    let caps = caps.into_iter();
+    let mut described = Vec::with_capacity(caps.size_hint().0);
+    for cap in caps {
+        let d = match cap {
+            Outgoing::Export(object, generation) => exports
+                .export(H::object_key(&object), &object, generation, max)
+                .map(CapDescriptor::Export),
+            Outgoing::Import(id) => Ok(CapDescriptor::Import(id)),
+            Outgoing::Answer(id, path) => Ok(CapDescriptor::Answer {
+                id,
+                path: path.into_owned(),
+            }),
+        };
+        match d {
+            Ok(d) => described.push(d),
+            Err(status) => {
+                exports.unsend(&described);
+                return Err(status);
+            }
+        }
+    }
+    Ok(described)
 }
 
 /// The capability at `path` of a settled outcome (an error settles every path with it).

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::capability::Capability;
+use crate::engine::Answering;
 use crate::events::{Direction, Event, Started};
 use crate::object::{CallContext, Object};
 use crate::value::Value;
@@ -359,29 +360,12 @@ impl Shared {
         id: u64,
         result: Option<Result<Value, Status>>,
     ) -> Option<(Frame, Answered)> {
-        let mut st = self.lock();
-        let (result, kept) = st.on_answered(id, result)?;
-        // A kept answer keeps what the handler returned, for pipelining.
-        let mut kept = kept.then(|| result.clone());
-        let (outcome, sent_caps, code) =
-            match result.and_then(|value| self.describe_value(&mut st, value)) {
-                Ok((value, caps)) => (
-                    Outcome::Ok {
-                        value,
-                        caps: caps.clone(),
-                    },
-                    caps,
-                    Code::Ok,
-                ),
-                Err(status) => {
-                    let code = status.code;
-                    if let Some(k) = kept.as_mut() {
-                        *k = Err(status.clone());
-                    }
-                    (Outcome::Err(status), Vec::new(), code)
-                }
-            };
-        let frame = Frame::Result(CallResult { id, outcome });
+        let Answering {
+            frame,
+            sent_caps,
+            code,
+            kept,
+        } = self.lock().answer(id, result)?;
         Some((
             frame,
             Answered {

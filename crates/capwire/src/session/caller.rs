@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use capwire_proto::{Call, Cancel, Code, Frame, PathSeg, Payload, Status, Target};
+use capwire_proto::{Cancel, Code, Frame, PathSeg, Payload, Status, Target};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -14,6 +14,7 @@ use crate::value::Value;
 
 use super::{deadline, CallScope, Meta, RemoteItems, Reply, Shared};
 use crate::engine::questions::QuestionKind;
+use crate::engine::OutgoingCall;
 
 /// What a call on the wire is addressed to: a capability the peer exported,
 /// or the capability at a path of one of this side's kept questions.
@@ -123,33 +124,16 @@ impl Shared {
             parent,
             kind,
         } = ask;
-        let payload = payload
-            .into_codec(self.codec)
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        let cap = target.cap();
-        let mut st = self.lock();
-        st.may_call(&method, cap)?;
-        let caps = self.describe_caps(&mut st, caps)?;
-        let id = st.ask(cap, kind, reply);
-        drop(st);
-        let (keep, stream) = match kind {
-            QuestionKind::Plain => (false, None),
-            QuestionKind::Kept => (true, None),
-            QuestionKind::Stream { credit, .. } => {
-                (false, Some(u32::try_from(credit).unwrap_or(u32::MAX)))
-            }
-        };
-        let frame = Frame::Call(Call {
-            id,
+        let call = OutgoingCall {
             target: target.target(),
-            method: method.to_string(),
-            args: payload,
+            method: &method,
+            payload,
             caps,
             parent,
             deadline_ms: deadline::to_wire(deadline, Instant::now()),
-            keep,
-            stream,
-        });
+            kind,
+        };
+        let (id, frame) = self.lock().call(call, reply)?;
         Ok((id, frame))
     }
 

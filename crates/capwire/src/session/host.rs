@@ -2,6 +2,7 @@
 //! tables (objects, import handles, reply channels, cancellation tokens,
 //! values) and the few things it asks the driver to make.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 
 use capwire_proto::{PathSeg, Payload, Status};
@@ -12,9 +13,10 @@ use super::flow::Credit;
 use super::pipeline::{AnswerRef, Queued};
 use super::Shared;
 use crate::capability::{CapKind, Capability, RemoteCap};
-use crate::engine::{Host, Start};
+use crate::engine::{Host, Outgoing, Start};
 use crate::events::Started;
 use crate::object::Object;
+use crate::promise::Sent;
 use crate::value::Value;
 
 /// The engine's host for a tokio session.
@@ -132,6 +134,40 @@ impl Host for Live {
         Value { payload, caps }
     }
 
+    fn into_parts(value: Value) -> (Payload, Vec<Capability>) {
+        (value.payload, value.caps)
+    }
+
+    fn classify<'a>(&self, cap: &'a Capability) -> Outgoing<'a, Arc<dyn Object>> {
+        let here = |session: &Weak<Shared>| std::ptr::eq(session.as_ptr(), self.session.as_ptr());
+        match &cap.kind {
+            CapKind::Local(object) => Outgoing::Export(Cow::Borrowed(object), None),
+            CapKind::Served { object, generation } => {
+                Outgoing::Export(Cow::Borrowed(object), Some(*generation))
+            }
+            CapKind::Remote(r) if here(&r.session) => Outgoing::Import(r.id),
+            CapKind::Promised(core, path) => match core.sent() {
+                Some(Sent::Kept(k)) if here(&k.session) => {
+                    Outgoing::Answer(k.id, Cow::Borrowed(&path[..]))
+                }
+                _ => forward(cap),
+            },
+            CapKind::Answer(answer) => match answer.get() {
+                Some(Ok(resolved)) => match self.classify(&resolved) {
+                    Outgoing::Export(object, generation) => {
+                        Outgoing::Export(Cow::Owned(object.into_owned()), generation)
+                    }
+                    Outgoing::Import(id) => Outgoing::Import(id),
+                    Outgoing::Answer(id, path) => {
+                        Outgoing::Answer(id, Cow::Owned(path.into_owned()))
+                    }
+                },
+                _ => forward(cap),
+            },
+            CapKind::Remote(_) => forward(cap),
+        }
+    }
+
     fn queued_call(&self, start: Start<Live>) -> Queued {
         Queued::Call(Box::new(start))
     }
@@ -142,4 +178,11 @@ impl Host for Live {
             _ => None,
         }
     }
+}
+
+/// A capability hosted elsewhere (another connection, a promise), exported
+/// as a forwarding object: calls on it are passed on.
+fn forward(cap: &Capability) -> Outgoing<'static, Arc<dyn Object>> {
+    let forward: Arc<dyn Object> = Arc::new(cap.clone());
+    Outgoing::Export(Cow::Owned(forward), None)
 }

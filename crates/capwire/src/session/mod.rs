@@ -8,7 +8,6 @@
 mod bootstrap;
 mod callee;
 mod caller;
-mod descriptors;
 mod ending;
 mod flow;
 mod host;
@@ -234,6 +233,7 @@ impl Session {
                     session: me.clone(),
                 },
                 limits.clone(),
+                config.codec,
             )),
             pings: Mutex::new(Pings::default()),
             codec: config.codec,

@@ -172,7 +172,7 @@ impl Shared {
                     if st.ended().is_some() {
                         return None;
                     }
-                    match self.describe_value(&mut st, value) {
+                    match st.describe_value(value) {
                         Ok((value, caps)) => (
                             Frame::Item(StreamItem {
                                 id,
