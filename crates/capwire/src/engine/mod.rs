@@ -27,6 +27,8 @@ pub(crate) mod imports;
 mod limits;
 mod names;
 mod outgoing;
+#[cfg(test)]
+mod pair;
 pub(crate) mod questions;
 
 pub(crate) use dispatch::{Action, Start};

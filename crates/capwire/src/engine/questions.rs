@@ -70,6 +70,12 @@ impl<R> Questions<R> {
         self.entries.len()
     }
 
+    /// The id the next question gets.
+    #[cfg(test)]
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next + 1
+    }
+
     /// Allocates a question id (never reused on a connection).
     pub(crate) fn insert(&mut self, cap: Option<u64>, kind: QuestionKind, reply: R) -> u64 {
         self.next += 1;
