@@ -12,7 +12,8 @@ use std::sync::Arc;
 use capwire_proto::Status;
 use serde_json::{json, Value as Json};
 
-use super::{locate, violation, Base, Inner, Located};
+use super::eval::{locate, Base, Located};
+use super::{violation, Inner};
 use crate::capability::Capability;
 use crate::value::Value;
 
