@@ -342,10 +342,10 @@ async fn http_batch_on_the_same_port() {
 /// abort, close 3000, nothing kept.
 #[tokio::test]
 async fn the_export_table_is_bounded() {
-    use capwire::dialect::capnweb::MAX_EXPORTS;
+    let max_exports = capwire::Limits::default().max_exports;
     let (addr, mut sessions, _h) = server().await;
     let mut peer = Peer::connect(&addr).await;
-    for _ in 0..MAX_EXPORTS {
+    for _ in 0..max_exports {
         peer.send(json!(["push", ["pipeline", 0, ["square"], [2]]]))
             .await;
     }
@@ -378,16 +378,16 @@ async fn an_unwanted_resolve_releases_what_it_introduced() {
 
 /// A peer that keeps writing into a pipe nobody reads cannot make the
 /// session hold its chunks without bound: the pipe acknowledges its window,
-/// further writes wait, and past `MAX_IN_FLIGHT` waiting messages the
+/// further writes wait, and past `max_in_flight_in` waiting messages the
 /// session aborts.
 #[tokio::test]
 async fn writes_into_an_unread_pipe_are_bounded() {
-    use capwire::dialect::capnweb::MAX_IN_FLIGHT;
+    let max_in_flight = capwire::Limits::default().max_in_flight_in;
     let (addr, _sessions, _h) = server().await;
     let mut peer = Peer::connect(&addr).await;
     peer.send(json!(["pipe"])).await;
     let window = 16;
-    for _ in 0..window + MAX_IN_FLIGHT + 1 {
+    for _ in 0..window + max_in_flight + 1 {
         peer.send(json!(["stream", ["pipeline", 1, ["write"], ["chunk"]]]))
             .await;
     }
@@ -411,4 +411,54 @@ async fn writes_into_an_unread_pipe_are_bounded() {
         "{abort}"
     );
     assert_eq!(peer.recv().await, Err(Some(3000)));
+}
+
+/// A push lives in the answer table from its `push` to its `release`: a
+/// release before the pull frees it (the result is never sent), a second
+/// release of it, or one of more than its one reference, is a violation,
+/// and a pull after the release names nothing.
+#[tokio::test]
+async fn a_released_push_is_freed_and_cannot_be_pulled() {
+    let (addr, mut sessions, _h) = server().await;
+    let mut peer = Peer::connect(&addr).await;
+    peer.send(json!(["push", ["pipeline", 0, ["square"], [3]]]))
+        .await;
+    peer.send(json!(["release", 1, 1])).await;
+    let session = sessions.recv().await.unwrap();
+    eventually("the push is freed", || session.stats().exports == 1).await;
+    // Pipelining on a push that lives: push 3 squares the result of push 2.
+    peer.send(json!(["push", ["pipeline", 0, ["square"], [4]]]))
+        .await; // 2
+    peer.send(json!([
+        "push",
+        ["pipeline", 0, ["square"], [["pipeline", 2]]]
+    ]))
+    .await; // 3
+    peer.send(json!(["pull", 3])).await;
+    assert_eq!(peer.recv().await.unwrap(), json!(["resolve", 3, 256]));
+    peer.send(json!(["release", 2, 2])).await;
+    let abort = peer.recv().await.unwrap();
+    assert_eq!(abort[0], "abort", "{abort}");
+    assert!(
+        abort[1][2]
+            .as_str()
+            .unwrap()
+            .contains("refcount would go negative"),
+        "{abort}"
+    );
+
+    let mut peer = Peer::connect(&addr).await;
+    peer.send(json!(["push", ["pipeline", 0, ["square"], [3]]]))
+        .await;
+    peer.send(json!(["release", 1, 1])).await;
+    peer.send(json!(["pull", 1])).await;
+    let abort = peer.recv().await.unwrap();
+    assert_eq!(abort[0], "abort", "{abort}");
+    assert!(
+        abort[1][2]
+            .as_str()
+            .unwrap()
+            .contains("no such export ID: 1"),
+        "{abort}"
+    );
 }

@@ -97,8 +97,10 @@ pub async fn serve(
         ))),
         Dialect::Capnweb => {
             let main = capnweb_main(&registry, config.capnweb_main.as_deref())?;
-            Ok(Served::Capnweb(capnweb::CapnwebSession::new(
-                transport, main,
+            Ok(Served::Capnweb(capnweb::CapnwebSession::with_limits(
+                transport,
+                main,
+                config.session.limits,
             )))
         }
     }

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use capwire_proto::{Code, PathSeg, Status};
 
 use super::id_map::IdMap;
-use super::Host;
+use super::AnswerHost;
 
 /// The three kinds of answer (protocol.md §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub(crate) enum AnswerKind {
 }
 
 /// Where an answer is in its life.
-pub(crate) enum Life<H: Host> {
+pub(crate) enum Life<H: AnswerHost> {
     /// Waiting in another kept answer's queue: no handler runs yet.
     Queued,
     /// The handler runs.
@@ -50,12 +50,12 @@ pub(crate) enum Life<H: Host> {
 }
 
 /// What waits on a kept answer: the path it wants, and the driver's item.
-pub(crate) struct Pending<H: Host> {
+pub(crate) struct Pending<H: AnswerHost> {
     pub(crate) path: Vec<PathSeg>,
     pub(crate) waiting: H::Waiting,
 }
 
-pub(crate) struct Answer<H: Host> {
+pub(crate) struct Answer<H: AnswerHost> {
     /// The capability called, so a revocation can stop the handler; `None`
     /// for a call on a promised answer.
     pub(crate) cap: Option<u64>,
@@ -71,7 +71,7 @@ pub(crate) struct Answer<H: Host> {
     finished: bool,
 }
 
-impl<H: Host> Answer<H> {
+impl<H: AnswerHost> Answer<H> {
     fn unsettled(&self) -> bool {
         !matches!(self.life, Life::Delivering(_) | Life::Settled(_))
     }
@@ -85,7 +85,7 @@ pub(crate) struct Refusal {
 }
 
 /// What the caller's `finish` did.
-pub(crate) enum Finished<H: Host> {
+pub(crate) enum Finished<H: AnswerHost> {
     /// Nothing (not a kept answer, unknown, or still delivering: it is freed
     /// when delivery ends).
     Nothing,
@@ -98,14 +98,14 @@ pub(crate) enum Finished<H: Host> {
     Freed(Box<Answer<H>>),
 }
 
-pub(crate) struct Answers<H: Host> {
+pub(crate) struct Answers<H: AnswerHost> {
     entries: IdMap<Answer<H>>,
     next_serial: u64,
     /// Calls and promises queued on unsettled answers, over all of them.
     pending_pipelined: usize,
 }
 
-impl<H: Host> Default for Answers<H> {
+impl<H: AnswerHost> Default for Answers<H> {
     fn default() -> Answers<H> {
         Answers {
             entries: IdMap::default(),
@@ -115,7 +115,7 @@ impl<H: Host> Default for Answers<H> {
     }
 }
 
-impl<H: Host> Answers<H> {
+impl<H: AnswerHost> Answers<H> {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

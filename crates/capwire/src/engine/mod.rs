@@ -53,7 +53,7 @@ use questions::Questions;
 /// tables and hands them back, and asks the host for the few things it must
 /// make or look into (a handle for a new import, the capability at a path of
 /// a settled value).
-pub(crate) trait Host {
+pub(crate) trait Host: AnswerHost {
     /// A local object the peer may call: what an export holds.
     type Object: Clone;
     /// A capability, as the driver hands it to application code.
@@ -62,12 +62,6 @@ pub(crate) trait Host {
     type Import: WeakHandle;
     /// How the caller of a question hears its outcome.
     type Reply;
-    /// The driver's part of a running answer: how to stop its handler.
-    type Running: Clone;
-    /// A value with its capabilities (a kept answer's outcome).
-    type Value: Clone;
-    /// What waits for a kept answer to settle (a queued call, a promise).
-    type Waiting;
     /// Where a stream question's items go.
     type ItemSink;
 
@@ -98,6 +92,17 @@ pub(crate) trait Host {
     /// Where the items of a stream question with `reply` go, while its
     /// consumer listens.
     fn item_sink(&self, reply: &Self::Reply) -> Option<Self::ItemSink>;
+}
+
+/// The driver's types an answer table holds: the answer table is the one
+/// piece every dialect shares (capnweb keeps its pushes in one).
+pub(crate) trait AnswerHost {
+    /// The driver's part of a running answer: how to stop its handler.
+    type Running: Clone;
+    /// A value with its capabilities (a kept answer's outcome).
+    type Value: Clone;
+    /// What waits for a kept answer to settle (a queued call, a promise).
+    type Waiting;
 }
 
 /// A weak reference to a shared handle (`std::sync::Weak` for the runtime).

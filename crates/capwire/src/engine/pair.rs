@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::answers::Life;
 use super::questions::QuestionKind;
-use super::{Action, Core, Host, Limits, Outgoing, OutgoingCall, Route, Start};
+use super::{Action, AnswerHost, Core, Host, Limits, Outgoing, OutgoingCall, Route, Start};
 
 /// An object one side serves.
 #[derive(Debug)]
@@ -55,14 +55,17 @@ pub(super) enum Waiting {
 
 pub(super) struct Test;
 
+impl AnswerHost for Test {
+    type Running = Arc<AtomicBool>;
+    type Value = Val;
+    type Waiting = Waiting;
+}
+
 impl Host for Test {
     type Object = Arc<Obj>;
     type Cap = Cap;
     type Import = Weak<Imp>;
     type Reply = u64;
-    type Running = Arc<AtomicBool>;
-    type Value = Val;
-    type Waiting = Waiting;
     type ItemSink = u64;
 
     fn object_key(object: &Arc<Obj>) -> u64 {

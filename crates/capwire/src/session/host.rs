@@ -13,7 +13,7 @@ use super::flow::Credit;
 use super::pipeline::{AnswerRef, Queued};
 use super::Shared;
 use crate::capability::{CapKind, Capability, RemoteCap};
-use crate::engine::{Host, Outgoing, Start};
+use crate::engine::{AnswerHost, Host, Outgoing, Start};
 use crate::events::Started;
 use crate::object::Object;
 use crate::promise::Sent;
@@ -84,14 +84,17 @@ impl Reply {
     }
 }
 
+impl AnswerHost for Live {
+    type Running = Running;
+    type Value = Value;
+    type Waiting = Queued;
+}
+
 impl Host for Live {
     type Object = Arc<dyn Object>;
     type Cap = Capability;
     type Import = Weak<RemoteCap>;
     type Reply = Reply;
-    type Running = Running;
-    type Value = Value;
-    type Waiting = Queued;
     type ItemSink = mpsc::UnboundedSender<Result<Value, Status>>;
 
     fn object_key(object: &Arc<dyn Object>) -> u64 {

@@ -194,10 +194,6 @@ pub(crate) enum Dropped {
     Kept(u64),
 }
 
-/// Frames waiting for room in the transport queue that the reader tolerates
-/// before it stops reading.
-const MAX_BACKLOG: usize = 64;
-
 /// Longest `goaway` message sent: decoder errors may quote the peer's input.
 const MAX_GOAWAY_MESSAGE: usize = 256;
 

@@ -10,7 +10,7 @@ use capwire_proto::{codec, Code, Frame, Reason, Status};
 
 use crate::transport::TransportError;
 
-use super::{Shared, MAX_BACKLOG};
+use super::Shared;
 
 impl Shared {
     /// The largest frame this side may send: its own limit, or the peer's
@@ -109,17 +109,9 @@ impl Shared {
         }
     }
 
-    /// Waits while more than [`MAX_BACKLOG`] frames wait for room in the
-    /// transport queue; the reader calls it between frames, so a peer that
-    /// keeps sending without reading what it is sent slows down instead of
-    /// making this side buffer without bound.
+    /// Waits while the transport's backlog is over its bound (see
+    /// `FrameSender::reader_backpressure`); the reader calls it between frames.
     pub(super) async fn backpressure(&self) {
-        if self.sender.backlog() <= MAX_BACKLOG {
-            return;
-        }
-        tokio::select! {
-            _ = self.sender.backlog_at_most(MAX_BACKLOG) => {}
-            _ = self.closed.cancelled() => {}
-        }
+        self.sender.reader_backpressure(&self.closed).await;
     }
 }

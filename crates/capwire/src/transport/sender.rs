@@ -23,6 +23,11 @@ use capwire_proto::FramingError;
 use tokio::sync::{mpsc, watch};
 
 use super::{CloseReason, Outgoing, TransportError};
+use tokio_util::sync::CancellationToken;
+
+/// Frames waiting for room in the queue that a connection's reader
+/// tolerates before it stops reading (see [`FrameSender::reader_backpressure`]).
+pub(crate) const MAX_READER_BACKLOG: usize = 64;
 
 /// The sending half of a transport. Cheap to clone; all clones feed one writer.
 #[derive(Debug, Clone)]
@@ -198,6 +203,21 @@ impl FrameSender {
     /// The frame size limit.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_frame_bytes
+    }
+
+    /// Waits while more than [`MAX_READER_BACKLOG`] frames wait for room in
+    /// the queue (or until `closed`). A connection's reader calls it between
+    /// the frames it reads, so a peer that keeps sending without reading
+    /// what it is sent slows down instead of making this side buffer
+    /// without bound. Every dialect's reader uses this one bound.
+    pub(crate) async fn reader_backpressure(&self, closed: &CancellationToken) {
+        if self.backlog() <= MAX_READER_BACKLOG {
+            return;
+        }
+        tokio::select! {
+            _ = self.backlog_at_most(MAX_READER_BACKLOG) => {}
+            _ = closed.cancelled() => {}
+        }
     }
 
     /// Waits until at most `n` frames wait for room in the queue.

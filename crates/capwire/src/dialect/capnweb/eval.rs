@@ -230,14 +230,15 @@ impl Inner {
                 self.graft(slot.ok_or_else(|| violation("no mapper scope")), caps)
             }
             ("import", Some(id)) => {
-                let found = match self.lock().exports.get(&id) {
-                    Some(Export::Cap { cap, .. }) => Some(Ok(cap.clone())),
-                    Some(Export::Promise { outcome, .. }) => Some(Err(outcome.clone())),
-                    Some(Export::Pipe { .. }) | None => None,
+                let cap = match self.lock().exports.get(&id) {
+                    Some(Export::Cap { cap, .. }) => Some(cap.clone()),
+                    _ => None,
                 };
-                match found {
-                    Some(Ok(cap)) => Ok(cap_ref(cap, caps)),
-                    Some(Err(outcome)) => self.graft(outcome.await, caps),
+                if let Some(cap) = cap {
+                    return Ok(cap_ref(cap, caps));
+                }
+                match self.push_outcome(id) {
+                    Some(outcome) => self.graft(outcome.await, caps),
                     None => Err(violation(format!("no such entry on exports table: {id}"))),
                 }
             }
@@ -306,16 +307,16 @@ impl Inner {
         if let Some(scope) = scope {
             return scope.slot(id).map(Base::Value);
         }
-        let target = match self.lock().exports.get(&id) {
-            Some(Export::Cap { cap, .. }) => Ok(cap.clone()),
-            Some(Export::Promise { outcome, .. }) => Err(outcome.clone()),
-            Some(Export::Pipe { .. }) | None => {
-                return Err(violation(format!("no such entry on exports table: {id}")))
-            }
+        let cap = match self.lock().exports.get(&id) {
+            Some(Export::Cap { cap, .. }) => Some(cap.clone()),
+            _ => None,
         };
-        match target {
-            Ok(cap) => Ok(Base::Cap(cap)),
-            Err(outcome) => outcome.await.map(Base::Value),
+        if let Some(cap) = cap {
+            return Ok(Base::Cap(cap));
+        }
+        match self.push_outcome(id) {
+            Some(outcome) => outcome.await.map(Base::Value),
+            None => Err(violation(format!("no such entry on exports table: {id}"))),
         }
     }
 

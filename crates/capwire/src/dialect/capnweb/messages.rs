@@ -6,13 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use capwire_proto::{Code, Status};
-use futures_util::FutureExt;
 use serde_json::{json, Value as Json};
 
 use crate::transport::FrameReceiver;
 use crate::value::Value;
 
-use super::{expr, violation, Export, Inner, Outcome, MAX_BACKLOG, PIPE_WINDOW};
+use super::{expr, push_key, violation, Export, Inner, PIPE_WINDOW};
 
 pub(super) async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
     loop {
@@ -27,11 +26,9 @@ pub(super) async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
             Err(e) => return inner.end(Status::unavailable(format!("the connection failed: {e}"))),
         };
         // A peer that does not read what it is sent is not read either.
-        if inner.sender.backlog() > MAX_BACKLOG {
-            tokio::select! {
-                _ = inner.sender.backlog_at_most(MAX_BACKLOG) => {}
-                _ = inner.closed.cancelled() => return,
-            }
+        inner.sender.reader_backpressure(&inner.closed).await;
+        if inner.closed.is_cancelled() {
+            return;
         }
         let message = match parse(&bytes) {
             Ok(m) => m,
@@ -150,29 +147,32 @@ pub(super) async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Stat
     match (kind, items.len()) {
         ("push", 2) => {
             let expr = items[1].clone();
-            let me = inner.clone();
-            let outcome: Outcome = async move { me.eval_value(expr).await }.boxed().shared();
-            inner.lock().import_next(Export::Promise {
-                outcome: outcome.clone(),
-                refs: 1,
-            })?;
+            let id = inner.lock().import_push(&inner.limits)?;
             // Started now, inline until it waits: calls start in arrival order.
             let me = inner.clone();
             crate::session::start_inline(async move {
-                if let Err(status) = outcome.await {
-                    if status.reason == Some(capwire_proto::Reason::PROTOCOL_VIOLATION) {
-                        me.abort(status).await;
+                let outcome = me.eval_value(expr).await;
+                let violated = match &outcome {
+                    Err(s) if s.reason == Some(capwire_proto::Reason::PROTOCOL_VIOLATION) => {
+                        Some(s.clone())
                     }
+                    _ => None,
+                };
+                me.settle_push(id, outcome);
+                if let Some(status) = violated {
+                    me.abort(status).await;
                 }
             });
             Ok(())
         }
         ("pull", 2) => {
             let id = items[1].as_i64().ok_or_else(|| bad_message(&message))?;
-            let outcome = match inner.lock().exports.get(&id) {
-                Some(Export::Promise { outcome, .. }) => outcome.clone(),
-                Some(Export::Cap { .. } | Export::Pipe { .. }) => return Ok(()),
-                None => return Err(violation(format!("no such export ID: {id}"))),
+            let Some(outcome) = inner.push_outcome(id) else {
+                if inner.lock().exports.contains_key(&id) {
+                    // A capability or a pipe: nothing to pull.
+                    return Ok(());
+                }
+                return Err(violation(format!("no such export ID: {id}")));
             };
             let me = inner.clone();
             inner.take_in_flight()?;
@@ -225,12 +225,23 @@ pub(super) async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Stat
                 .ok_or_else(|| bad_message(&message))?;
             let removed = {
                 let mut st = inner.lock();
+                let key = push_key(id);
+                if id > 0 && st.pushes.contains(key) {
+                    // A push has one reference: its importer's.
+                    if n > 1 {
+                        return Err(violation(format!(
+                            "refcount would go negative for export {id}"
+                        )));
+                    }
+                    let finished = st.pushes.finish(key);
+                    drop(st);
+                    // Freed now if settled; an evaluation still running
+                    // settles, then is freed.
+                    drop(finished);
+                    return Ok(());
+                }
                 let refs = match st.exports.get_mut(&id) {
-                    Some(
-                        Export::Cap { refs, .. }
-                        | Export::Promise { refs, .. }
-                        | Export::Pipe { refs, .. },
-                    ) => refs,
+                    Some(Export::Cap { refs, .. } | Export::Pipe { refs, .. }) => refs,
                     None => return Err(violation(format!("no such export ID: {id}"))),
                 };
                 // JS releases 1 however often an id was introduced: accept n <= count.
@@ -260,11 +271,12 @@ pub(super) async fn handle(inner: &Arc<Inner>, message: Json) -> Result<(), Stat
         ("pipe", 1) => {
             let (sink, items) = crate::stream::sink(PIPE_WINDOW);
             let source = crate::stream::source(futures_util::StreamExt::boxed(items));
-            inner.lock().import_next(Export::Pipe {
+            let pipe = Export::Pipe {
                 sink,
                 source: Some(source),
                 refs: 1,
-            })?;
+            };
+            inner.lock().import_pipe(&inner.limits, pipe)?;
             Ok(())
         }
         ("stream", 2) => stream_message(inner, &items[1]),

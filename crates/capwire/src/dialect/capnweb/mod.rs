@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use capwire_proto::{Code, Status};
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value as Json};
 use tokio::sync::{oneshot, Notify};
@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attestation::TransportKind;
 use crate::capability::{CapKind, Capability};
+use crate::engine::answers::{AnswerKind, Answers};
+use crate::engine::{AnswerHost, Limits};
 use crate::transport::{CloseReason, FrameSender, Transport};
 use crate::value::Value;
 
@@ -39,33 +41,25 @@ use stub::PeerStub;
 /// The WebSocket close code capnweb uses after `abort`.
 pub const ABORT_CLOSE_CODE: u16 = 3000;
 
-/// Entries the export table may hold (push results not yet released, and
-/// capabilities we introduced): a peer that never releases cannot make it
-/// grow without bound. Past it, a push aborts the session and a result that
-/// would export one more capability is rejected.
-pub const MAX_EXPORTS: usize = 4096;
-
-/// `pull`s and `stream` messages of the peer's that may be unanswered at
-/// once (each holds a task, and a stream write its chunk): past it the
-/// session aborts, as a native session refuses calls past
-/// `max_concurrent_calls`.
-pub const MAX_IN_FLIGHT: usize = 16 * 1024;
-
-/// Messages waiting for room in the transport queue before the reader
-/// stops reading (a peer that sends without reading cannot make us buffer
-/// without bound).
-const MAX_BACKLOG: usize = 64;
-
 /// How long one HTTP batch may take to answer its pulls.
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-type Outcome = Shared<BoxFuture<'static, Result<Value, Status>>>;
+/// The engine's answer table as capnweb uses it: a `push` is a kept answer
+/// (numbered by the peer), settled when its expression is evaluated; its
+/// `pull`s and the expressions that pipeline on it wait in its queue.
+struct Pushes;
+
+impl AnswerHost for Pushes {
+    /// Nothing stops an evaluation: a released push still settles (and is
+    /// freed then), as capnweb's own server lets it run.
+    type Running = ();
+    type Value = Value;
+    type Waiting = oneshot::Sender<Result<Value, Status>>;
+}
 
 enum Export {
     /// A capability: the main object, or one we introduced (`["export", -n]`).
     Cap { cap: Capability, refs: u64 },
-    /// The result of a `push`, settling or settled.
-    Promise { outcome: Outcome, refs: u64 },
     /// A pipe the peer opened (`["pipe"]`): its `stream` writes go into
     /// `sink`; `source` is its readable end until a `["readable", id]`
     /// takes it.
@@ -80,7 +74,10 @@ enum Export {
 const PIPE_WINDOW: usize = 16;
 
 struct State {
+    /// Capabilities (ids ≤ 0) and the peer's pipes (positive ids).
     exports: HashMap<i64, Export>,
+    /// The peer's pushes (positive ids, numbered with its pipes).
+    pushes: Answers<Pushes>,
     /// `push`es received so far: the next one is export `pushed + 1`.
     pushed: i64,
     /// The last negative export id we minted.
@@ -102,23 +99,49 @@ struct State {
 }
 
 impl State {
-    /// Files what the peer's next `push` or `pipe` made under the next
-    /// positive id, within [`MAX_EXPORTS`].
-    fn import_next(&mut self, entry: Export) -> Result<i64, Status> {
-        if self.exports.len() >= MAX_EXPORTS {
+    /// Entries in the export table, pushes included: what `max_exports` bounds.
+    fn export_count(&self) -> usize {
+        self.exports.len() + self.pushes.len()
+    }
+
+    /// Takes the peer's next positive id, within `max_exports` (a peer that
+    /// never releases cannot make the table grow without bound).
+    fn next_import(&mut self, limits: &Limits) -> Result<i64, Status> {
+        if self.export_count() >= limits.max_exports {
             return Err(Status::limit(
                 capwire_proto::Reason::MAX_CAPS_PER_CONNECTION,
-                MAX_EXPORTS as u64,
+                limits.max_exports as u64,
             ));
         }
         self.pushed += 1;
-        self.exports.insert(self.pushed, entry);
         Ok(self.pushed)
     }
+
+    /// Files the pipe the peer's `["pipe"]` opened under its next id.
+    fn import_pipe(&mut self, limits: &Limits, pipe: Export) -> Result<i64, Status> {
+        let id = self.next_import(limits)?;
+        self.exports.insert(id, pipe);
+        Ok(id)
+    }
+
+    /// Records the peer's `push` as an answer under its next id.
+    fn import_push(&mut self, limits: &Limits) -> Result<i64, Status> {
+        let id = self.next_import(limits)?;
+        self.pushes
+            .insert(push_key(id), None, AnswerKind::Kept, false, ());
+        Ok(id)
+    }
+}
+
+/// A push id as the answer table keys it (push ids are positive).
+fn push_key(id: i64) -> u64 {
+    u64::try_from(id).unwrap_or(u64::MAX)
 }
 
 struct Inner {
     state: Mutex<State>,
+    /// Export-table and in-flight bounds (`max_exports`, `max_in_flight_in`).
+    limits: Limits,
     /// Held from taking one of our ids until the message that uses it is
     /// queued: the peer numbers our messages in the order they arrive.
     numbering: tokio::sync::Mutex<()>,
@@ -128,7 +151,7 @@ struct Inner {
     batch: bool,
     /// `pull`s not answered yet.
     pulls: AtomicUsize,
-    /// `pull`s and `stream` messages not answered yet (see [`MAX_IN_FLIGHT`]).
+    /// `pull`s and `stream` messages not answered yet (see `max_in_flight_in`).
     in_flight: AtomicUsize,
     pulled: Notify,
 }
@@ -155,9 +178,20 @@ pub struct CapnwebStats {
 }
 
 impl CapnwebSession {
-    /// Runs capnweb over `transport`, offering `main` as export 0. The
-    /// peer's own main object is [`CapnwebSession::peer_main`].
+    /// Runs capnweb over `transport`, offering `main` as export 0, within
+    /// the default [`Limits`]. The peer's own main object is
+    /// [`CapnwebSession::peer_main`].
     pub fn new(transport: Transport, main: Capability) -> CapnwebSession {
+        CapnwebSession::with_limits(transport, main, Limits::default())
+    }
+
+    /// [`CapnwebSession::new`] within `limits`: `max_exports` bounds the
+    /// export table (the peer's unreleased pushes and pipes, and the
+    /// capabilities introduced to it: past it a push aborts the session and
+    /// a result that would export one more is rejected); `max_in_flight_in`
+    /// bounds the peer's unanswered `pull`s and `stream` writes (past it the
+    /// session aborts, as a native session refuses calls).
+    pub fn with_limits(transport: Transport, main: Capability, limits: Limits) -> CapnwebSession {
         let Transport {
             sender,
             receiver,
@@ -166,8 +200,10 @@ impl CapnwebSession {
         let mut exports = HashMap::new();
         exports.insert(0, Export::Cap { cap: main, refs: 1 });
         let inner = Arc::new(Inner {
+            limits,
             state: Mutex::new(State {
                 exports,
+                pushes: Answers::default(),
                 pushed: 0,
                 minted: 0,
                 asked: 0,
@@ -199,7 +235,7 @@ impl CapnwebSession {
     pub fn stats(&self) -> CapnwebStats {
         let st = self.inner.lock();
         CapnwebStats {
-            exports: st.exports.len(),
+            exports: st.export_count(),
             imports: st.stubs.keys().filter(|id| **id != 0).count(),
         }
     }
@@ -233,16 +269,62 @@ impl Inner {
     }
 
     /// Counts one more `pull` or `stream` message of the peer's in flight,
-    /// or refuses it past [`MAX_IN_FLIGHT`] (the session aborts).
+    /// or refuses it past `max_in_flight_in` (the session aborts).
     fn take_in_flight(&self) -> Result<(), Status> {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+        let max = self.limits.max_in_flight_in;
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Status::limit(
                 capwire_proto::Reason::MAX_CONCURRENT_CALLS,
-                MAX_IN_FLIGHT as u64,
+                max as u64,
             ));
         }
         Ok(())
+    }
+
+    /// The outcome of push `id`, now or when it settles; `None` if `id` is
+    /// not a push (never made, or released).
+    fn push_outcome(
+        &self,
+        id: i64,
+    ) -> Option<impl std::future::Future<Output = Result<Value, Status>>> {
+        let mut st = self.lock();
+        let key = push_key(id);
+        let rx = match st.pushes.pipeline_target(key) {
+            Ok(Some(outcome)) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(outcome.clone());
+                rx
+            }
+            Ok(None) => {
+                let (tx, rx) = oneshot::channel();
+                st.pushes.enqueue(key, Vec::new(), tx);
+                rx
+            }
+            Err(_) => return None,
+        };
+        Some(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(Status::unavailable(
+                    "the session ended before the push settled",
+                ))
+            })
+        })
+    }
+
+    /// Push `id` was evaluated: keep its outcome and give it to what waits.
+    fn settle_push(&self, id: i64, outcome: Result<Value, Status>) {
+        let key = push_key(id);
+        let mut batch = self.lock().pushes.settle(key, outcome.clone());
+        loop {
+            for waiting in batch {
+                let _ = waiting.waiting.send(outcome.clone());
+            }
+            match self.lock().pushes.next_batch(key) {
+                Ok(more) => batch = more,
+                Err(freed) => return drop(freed),
+            }
+        }
     }
 
     /// Replaces the sources in an outgoing value by pipes: `["pipe"]` goes
@@ -319,8 +401,10 @@ impl Inner {
             if st.ended.is_some() {
                 return;
             }
-            st.ended = Some(status);
+            st.ended = Some(status.clone());
             st.exports.clear();
+            // Dropping the waiters tells them the session ended.
+            drop(st.pushes.clear(&status));
             std::mem::take(&mut st.waiting)
         };
         drop(waiting);
@@ -377,10 +461,10 @@ impl Inner {
                     return Ok(json!(["pipeline", id, path]));
                 }
             }
-            if st.exports.len() >= MAX_EXPORTS {
+            if st.export_count() >= self.limits.max_exports {
                 return Err(Status::limit(
                     capwire_proto::Reason::MAX_CAPS_PER_CONNECTION,
-                    MAX_EXPORTS as u64,
+                    self.limits.max_exports as u64,
                 ));
             }
             st.minted -= 1;
