@@ -1,5 +1,6 @@
 //! Shared test fixtures: session pairs over every transport and a demo service.
 #![allow(dead_code, unreachable_pub)]
+pub mod gate;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
