@@ -34,19 +34,20 @@ pub(crate) enum AnswerKind {
     Stream,
 }
 
-/// Where an answer is in its life.
+/// Where an answer is in its life. The payloads of the rarer states are
+/// boxed: every call's answer carries a `Life`, most only `Running`.
 pub(crate) enum Life<H: AnswerHost> {
     /// Waiting in another kept answer's queue: no handler runs yet.
     Queued,
     /// The handler runs.
     Running,
     /// The handler was told to stop, for this reason; it is finishing.
-    Stopping(Status),
+    Stopping(Box<Status>),
     /// A kept answer's handler finished: the queue is being delivered, and
     /// calls that arrive meanwhile queue behind it (E-order, \[S15\]).
-    Delivering(Result<H::Value, Status>),
+    Delivering(Box<Result<H::Value, Status>>),
     /// A kept answer settled and delivered: calls on it start at once.
-    Settled(Result<H::Value, Status>),
+    Settled(Box<Result<H::Value, Status>>),
 }
 
 /// What waits on a kept answer: the path it wants, and the driver's item.
@@ -65,8 +66,9 @@ pub(crate) struct Answer<H: AnswerHost> {
     pub(crate) running: H::Running,
     kind: AnswerKind,
     life: Life<H>,
-    /// Kept answers: calls and promises waiting for the outcome, in order.
-    queue: VecDeque<Pending<H>>,
+    /// Kept answers: calls and promises waiting for the outcome, in order
+    /// (`None` until the first one: a plain call's answer carries no queue).
+    queue: Option<VecDeque<Pending<H>>>,
     /// Kept answers: the caller sent `finish`.
     finished: bool,
 }
@@ -159,7 +161,7 @@ impl<H: AnswerHost> Answers<H> {
                 running,
                 kind,
                 life: if queued { Life::Queued } else { Life::Running },
-                queue: VecDeque::new(),
+                queue: None,
                 finished: false,
             },
         );
@@ -184,14 +186,20 @@ impl<H: AnswerHost> Answers<H> {
                 serial: self.next_serial,
                 running,
                 kind: AnswerKind::Kept,
-                life: Life::Settled(Err(status)),
-                queue: VecDeque::new(),
+                life: Life::Settled(Box::new(Err(status))),
+                queue: None,
                 finished: false,
             },
         );
     }
 
+    /// Where answer `id` is in its life, and its kind (one lookup).
+    pub(crate) fn life_and_kind(&self, id: u64) -> Option<(&Life<H>, AnswerKind)> {
+        self.entries.get(&id).map(|a| (&a.life, a.kind))
+    }
+
     /// Where answer `id` is in its life.
+    #[cfg(test)]
     pub(crate) fn life(&self, id: u64) -> Option<&Life<H>> {
         self.entries.get(&id).map(|a| &a.life)
     }
@@ -225,7 +233,7 @@ impl<H: AnswerHost> Answers<H> {
                 Some(Err(Refusal { stream }))
             }
             Life::Running => {
-                a.life = Life::Stopping(status);
+                a.life = Life::Stopping(Box::new(status));
                 Some(Ok(a.running.clone()))
             }
             Life::Stopping(_) | Life::Delivering(_) | Life::Settled(_) => None,
@@ -241,17 +249,11 @@ impl<H: AnswerHost> Answers<H> {
             .filter(|a| a.cap.is_some_and(|c| caps.contains(&c)))
         {
             if let Life::Running = a.life {
-                a.life = Life::Stopping(status.clone());
+                a.life = Life::Stopping(Box::new(status.clone()));
                 stopped.push(a.running.clone());
             }
         }
         stopped
-    }
-
-    pub(crate) fn is_kept(&self, id: u64) -> bool {
-        self.entries
-            .get(&id)
-            .is_some_and(|a| a.kind == AnswerKind::Kept)
     }
 
     /// A queued call is about to start: true if it is still waiting (not
@@ -299,7 +301,9 @@ impl<H: AnswerHost> Answers<H> {
     pub(crate) fn enqueue(&mut self, id: u64, path: Vec<PathSeg>, waiting: H::Waiting) {
         if let Some(a) = self.entries.get_mut(&id) {
             if a.kind == AnswerKind::Kept {
-                a.queue.push_back(Pending { path, waiting });
+                a.queue
+                    .get_or_insert_with(VecDeque::new)
+                    .push_back(Pending { path, waiting });
                 self.pending_pipelined += 1;
             }
         }
@@ -318,8 +322,8 @@ impl<H: AnswerHost> Answers<H> {
         if a.kind != AnswerKind::Kept {
             return VecDeque::new();
         }
-        a.life = Life::Delivering(outcome);
-        let batch = std::mem::take(&mut a.queue);
+        a.life = Life::Delivering(Box::new(outcome));
+        let batch = a.queue.take().unwrap_or_default();
         self.pending_pipelined -= batch.len();
         batch
     }
@@ -334,7 +338,7 @@ impl<H: AnswerHost> Answers<H> {
         let Some(a) = self.entries.get_mut(&id) else {
             return Err(None);
         };
-        if a.queue.is_empty() {
+        if a.queue.as_ref().map_or(true, VecDeque::is_empty) {
             let life = std::mem::replace(&mut a.life, Life::Running);
             a.life = match life {
                 Life::Delivering(o) => Life::Settled(o),
@@ -347,7 +351,7 @@ impl<H: AnswerHost> Answers<H> {
                 None
             });
         }
-        let batch = std::mem::take(&mut a.queue);
+        let batch = a.queue.take().unwrap_or_default();
         self.pending_pipelined -= batch.len();
         Ok(batch)
     }
@@ -363,17 +367,17 @@ impl<H: AnswerHost> Answers<H> {
         a.finished = true;
         match a.life {
             // Nothing waits on it: it never starts, and is answered now.
-            Life::Queued if a.queue.is_empty() => {
+            Life::Queued if a.queue.as_ref().map_or(true, VecDeque::is_empty) => {
                 self.remove(id);
                 Finished::Refused(Refusal { stream: false })
             }
             // Calls wait on it: it runs when its turn comes, and settles them.
             Life::Queued => Finished::Nothing,
             Life::Running => {
-                a.life = Life::Stopping(Status::new(
+                a.life = Life::Stopping(Box::new(Status::new(
                     Code::Cancelled,
                     "the caller finished the question before it settled",
-                ));
+                )));
                 Finished::Stop(a.running.clone())
             }
             Life::Stopping(_) | Life::Delivering(_) => Finished::Nothing,
@@ -386,7 +390,7 @@ impl<H: AnswerHost> Answers<H> {
 
     pub(crate) fn remove(&mut self, id: u64) -> Option<Answer<H>> {
         let a = self.entries.remove(&id)?;
-        self.pending_pipelined -= a.queue.len();
+        self.pending_pipelined -= a.queue.as_ref().map_or(0, VecDeque::len);
         Some(a)
     }
 

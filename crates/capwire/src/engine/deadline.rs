@@ -4,8 +4,10 @@
 //! callee's grace are here, with checked arithmetic: a peer's `deadline_ms`
 //! can be any `u64`, and none of them may panic.
 //!
-//! Everything but [`sleep_until`] takes `now` from its caller, so the rules
-//! are tested without a clock.
+//! Everything but [`sleep_until`] takes the time from its caller, so the
+//! rules are tested without a clock. Where a deadline may be absent, the
+//! time comes as a closure, read only when there is a deadline: the clock
+//! costs nothing on the calls (most of them) that have none.
 
 use std::time::Duration;
 
@@ -25,11 +27,11 @@ pub(crate) enum Arrival {
 
 impl Arrival {
     /// The deadline a received `deadline_ms` stands for, counted from `now`.
-    pub(crate) fn from_wire(deadline_ms: Option<u64>, now: Instant) -> Arrival {
+    pub(crate) fn from_wire(deadline_ms: Option<u64>, now: impl FnOnce() -> Instant) -> Arrival {
         match deadline_ms {
             None => Arrival::None,
             Some(0) => Arrival::Expired,
-            Some(ms) => now
+            Some(ms) => now()
                 .checked_add(Duration::from_millis(ms))
                 .map_or(Arrival::None, Arrival::At),
         }
@@ -47,9 +49,9 @@ impl Arrival {
 /// The `deadline_ms` to send for `deadline`: what is left of it, at least
 /// 1 ms (a deadline already passed fails locally; the peer never sees 0
 /// from this side).
-pub(crate) fn to_wire(deadline: Option<Instant>, now: Instant) -> Option<u64> {
+pub(crate) fn to_wire(deadline: Option<Instant>, now: impl FnOnce() -> Instant) -> Option<u64> {
     deadline.map(|d| {
-        let left = d.saturating_duration_since(now);
+        let left = d.saturating_duration_since(now());
         u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
     })
 }
@@ -81,8 +83,8 @@ pub(crate) fn stop_at(
 }
 
 /// True once `at` has passed.
-pub(crate) fn passed(at: Option<Instant>, now: Instant) -> bool {
-    at.is_some_and(|at| now >= at)
+pub(crate) fn passed(at: Option<Instant>, now: impl FnOnce() -> Instant) -> bool {
+    at.is_some_and(|at| now() >= at)
 }
 
 /// What a caller hears of a handler stopped by its deadline.
@@ -121,10 +123,10 @@ mod tests {
     #[test]
     fn wire_deadlines_are_relative_to_receipt() {
         let t = now();
-        assert_eq!(Arrival::from_wire(None, t), Arrival::None);
-        assert_eq!(Arrival::from_wire(Some(0), t), Arrival::Expired);
+        assert_eq!(Arrival::from_wire(None, || t), Arrival::None);
+        assert_eq!(Arrival::from_wire(Some(0), || t), Arrival::Expired);
         assert_eq!(
-            Arrival::from_wire(Some(1500), t),
+            Arrival::from_wire(Some(1500), || t),
             Arrival::At(t + Duration::from_millis(1500))
         );
         assert_eq!(Arrival::Expired.instant(), None);
@@ -134,7 +136,7 @@ mod tests {
     fn a_huge_wire_deadline_does_not_panic() {
         let t = now();
         // u64::MAX ms is beyond what an Instant can hold on most platforms.
-        let a = Arrival::from_wire(Some(u64::MAX), t);
+        let a = Arrival::from_wire(Some(u64::MAX), || t);
         assert!(matches!(a, Arrival::None | Arrival::At(_)));
         assert_eq!(stop_at(a.instant(), Duration::MAX, false), None);
     }
@@ -142,10 +144,13 @@ mod tests {
     #[test]
     fn sending_rounds_up_and_never_sends_zero() {
         let t = now();
-        assert_eq!(to_wire(None, t), None);
-        assert_eq!(to_wire(Some(t + Duration::from_millis(250)), t), Some(250));
-        assert_eq!(to_wire(Some(t + Duration::from_micros(10)), t), Some(1));
-        assert_eq!(to_wire(Some(t), t + Duration::from_secs(1)), Some(1));
+        assert_eq!(to_wire(None, || t), None);
+        assert_eq!(
+            to_wire(Some(t + Duration::from_millis(250)), || t),
+            Some(250)
+        );
+        assert_eq!(to_wire(Some(t + Duration::from_micros(10)), || t), Some(1));
+        assert_eq!(to_wire(Some(t), || t + Duration::from_secs(1)), Some(1));
     }
 
     #[test]
@@ -166,8 +171,8 @@ mod tests {
         assert_eq!(stop_at(Some(t), g, false), Some(t + g));
         assert_eq!(stop_at(Some(t), g, true), None);
         assert_eq!(stop_at(None, g, false), None);
-        assert!(passed(Some(t), t));
-        assert!(!passed(Some(t + g), t));
-        assert!(!passed(None, t));
+        assert!(passed(Some(t), || t));
+        assert!(!passed(Some(t + g), || t));
+        assert!(!passed(None, || t));
     }
 }

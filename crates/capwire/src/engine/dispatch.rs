@@ -89,12 +89,14 @@ pub(crate) enum Action<H: Host> {
 
 impl<H: Host> Core<H> {
     /// Applies one received frame. `Err` is a connection-fatal violation
-    /// (the driver sends `goaway` and ends); `running` makes the driver's
-    /// part of an answer the call frame admits (given the stream window).
+    /// (the driver sends `goaway` and ends); `now` is the time (read only
+    /// for a call with a deadline); `running` makes the driver's part of an
+    /// answer the call frame admits (given the stream window).
+    #[inline]
     pub(crate) fn on_frame(
         &mut self,
         frame: Frame,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         running: impl FnOnce(Option<u32>) -> H::Running,
     ) -> Result<Action<H>, Status> {
         if !self.hello_seen {
@@ -190,10 +192,11 @@ impl<H: Host> Core<H> {
         }
     }
 
+    #[inline]
     fn on_call(
         &mut self,
         call: Call,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         running: impl FnOnce(Option<u32>) -> H::Running,
     ) -> Result<Action<H>, Status> {
         let Call {
@@ -258,6 +261,7 @@ impl<H: Host> Core<H> {
     /// A received value: its capabilities imported, its depth checked. The
     /// capabilities are imported even when the value is refused, so that
     /// dropping them releases the introductions the peer counted.
+    #[inline]
     fn received(
         &mut self,
         value: Payload,
@@ -271,6 +275,7 @@ impl<H: Host> Core<H> {
         Ok(self.host.value(value, caps))
     }
 
+    #[inline]
     fn on_result(&mut self, result: CallResult) -> Result<Action<H>, Status> {
         let CallResult { id, outcome } = result;
         let Some(question) = self.questions.take_for_result(id)? else {
@@ -293,6 +298,7 @@ impl<H: Host> Core<H> {
         })
     }
 
+    #[inline]
     fn on_item(&mut self, item: StreamItem) -> Result<Action<H>, Status> {
         let StreamItem { id, value, caps } = item;
         let sink = match self.questions.on_item(id)? {

@@ -286,6 +286,7 @@ impl<H: Host> Core<H> {
     }
 
     /// Resolves the descriptors of a received value into capabilities.
+    #[inline]
     pub(crate) fn resolve(
         &mut self,
         descriptors: Vec<CapDescriptor>,
@@ -375,6 +376,7 @@ impl<H: Host> Core<H> {
     /// connection-fatal violation. An admitted call is in the answer table
     /// with `running` as the driver's part; a queued one waits for its
     /// answer to settle.
+    #[inline]
     pub(crate) fn admit(
         &mut self,
         call: Incoming,
@@ -427,6 +429,7 @@ impl<H: Host> Core<H> {
     }
 
     /// Checks a received call against the limits and finds its target.
+    #[inline]
     fn route(&mut self, call: Incoming) -> Result<Routed<H>, Status> {
         let Incoming {
             target,
@@ -510,23 +513,23 @@ impl<H: Host> Core<H> {
     /// (the session ended, or the answer is gone); otherwise the outcome to
     /// send (a stopped handler's is why it was stopped), and whether the
     /// answer is kept (its outcome stays for pipelining).
+    #[inline]
     pub(crate) fn on_answered(
         &mut self,
         id: u64,
         result: Option<Result<H::Value, Status>>,
     ) -> Option<(Result<H::Value, Status>, bool)> {
-        let life = self.answers.life(id)?;
-        let result = match (result, life) {
-            (Some(r), _) => r,
-            (None, Life::Stopping(why)) => Err(why.clone()),
-            (None, _) => Err(Status::new(Code::Cancelled, "the call was cancelled")),
-        };
         if self.ended().is_some() {
             self.answers.remove(id);
             return None;
         }
-        let kept = self.answers.is_kept(id);
-        Some((result, kept))
+        let (life, kind) = self.answers.life_and_kind(id)?;
+        let result = match (result, life) {
+            (Some(r), _) => r,
+            (None, Life::Stopping(why)) => Err((**why).clone()),
+            (None, _) => Err(Status::new(Code::Cancelled, "the call was cancelled")),
+        };
+        Some((result, kind == AnswerKind::Kept))
     }
 
     /// Stops every handler running on one of `caps` (they were revoked).
@@ -551,6 +554,7 @@ impl<H: Host> Core<H> {
     // ---- the caller's side -----------------------------------------------
 
     /// May this side call `cap` now? (`None` for a call on a promised answer.)
+    #[inline]
     pub(crate) fn may_call(&self, method: &str, cap: Option<u64>) -> Result<(), Status> {
         if let Some(s) = self.closing() {
             return Err(Status::unavailable(format!(

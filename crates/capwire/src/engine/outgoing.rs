@@ -37,6 +37,7 @@ impl<H: Host> Core<H> {
     /// refused while closing, on a revoked capability, past
     /// `max_in_flight_out`, or when an argument's capability cannot be
     /// exported.
+    #[inline]
     pub(crate) fn call(
         &mut self,
         call: OutgoingCall<'_, H>,
@@ -83,6 +84,7 @@ impl<H: Host> Core<H> {
     }
 
     /// Describes the capabilities of an outgoing value (all or nothing).
+    #[inline]
     pub(crate) fn describe_caps(&mut self, caps: &[H::Cap]) -> Result<Vec<CapDescriptor>, Status> {
         if caps.is_empty() {
             return Ok(Vec::new());
@@ -97,6 +99,7 @@ impl<H: Host> Core<H> {
     }
 
     /// An outgoing value in this connection's codec, with its capabilities described.
+    #[inline]
     pub(crate) fn describe_value(
         &mut self,
         value: H::Value,
@@ -111,6 +114,7 @@ impl<H: Host> Core<H> {
     /// The handler of answer `id` finished with `result` (`None`: it was
     /// stopped): the `result` frame to send, or `None` when nothing is to be
     /// sent (the session ended, or the answer is gone).
+    #[inline]
     pub(crate) fn answer(
         &mut self,
         id: u64,

@@ -149,7 +149,7 @@ fn plain(value: &Val) -> serde_json::Value {
 impl Peer {
     fn new(limits: Limits) -> Peer {
         let mut core = Core::new(Test, limits, Codec::Json);
-        let hello = core.on_frame(Frame::Hello(Hello::new()), Instant::now(), |_| {
+        let hello = core.on_frame(Frame::Hello(Hello::new()), Instant::now, |_| {
             unreachable!("hello admits no call")
         });
         assert!(matches!(hello, Ok(Action::Hello { .. })));
@@ -338,7 +338,7 @@ impl Peer {
         }
         let action = match self
             .core
-            .on_frame(frame, Instant::now(), |_| Arc::new(AtomicBool::new(false)))
+            .on_frame(frame, Instant::now, |_| Arc::new(AtomicBool::new(false)))
         {
             Ok(action) => action,
             Err(status) => {
@@ -882,7 +882,7 @@ fn frames_for_the_wrong_kind_of_question_are_violations() {
     assert!(p.a.violation.is_some(), "result for a stream");
 
     let mut fresh = Core::new(Test, Limits::default(), Codec::Json);
-    let early = fresh.on_frame(Frame::End(StreamEnd { id: 1 }), Instant::now(), |_| {
+    let early = fresh.on_frame(Frame::End(StreamEnd { id: 1 }), Instant::now, |_| {
         Arc::new(AtomicBool::new(false))
     });
     assert!(early.is_err(), "a frame before hello");

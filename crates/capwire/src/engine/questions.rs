@@ -77,6 +77,7 @@ impl<R> Questions<R> {
     }
 
     /// Allocates a question id (never reused on a connection).
+    #[inline]
     pub(crate) fn insert(&mut self, cap: Option<u64>, kind: QuestionKind, reply: R) -> u64 {
         self.next += 1;
         self.entries
@@ -90,6 +91,7 @@ impl<R> Questions<R> {
 
     /// Takes question `id` out for its `result`: a stream question is a
     /// protocol violation and stays (the session's end fails it).
+    #[inline]
     pub(crate) fn take_for_result(&mut self, id: u64) -> Result<Option<Question<R>>, Status> {
         match self.entries.get(&id) {
             Some(q) if matches!(q.kind, QuestionKind::Stream { .. }) => {
@@ -104,6 +106,7 @@ impl<R> Questions<R> {
 
     /// An `item` arrived for question `id`: it must be a stream with credit
     /// left (one unit is taken).
+    #[inline]
     pub(crate) fn on_item(&mut self, id: u64) -> Result<ItemFor<'_, R>, Status> {
         match self.entries.get_mut(&id) {
             Some(Question {

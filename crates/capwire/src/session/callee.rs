@@ -165,7 +165,7 @@ impl Shared {
         if cancel.is_cancelled() {
             return self.finish_answer_now(id, cap, &method, started, None);
         }
-        if deadline::passed(stop_at, Instant::now()) {
+        if deadline::passed(stop_at, Instant::now) {
             let late = Err(deadline::ran_past(&method));
             cancel.cancel();
             return self.finish_answer_now(id, cap, &method, started, Some(late));

@@ -130,11 +130,10 @@ impl Shared {
             payload,
             caps,
             parent,
-            deadline_ms: deadline::to_wire(deadline, Instant::now()),
+            deadline_ms: deadline::to_wire(deadline, Instant::now),
             kind,
         };
-        let (id, frame) = self.lock().call(call, reply)?;
-        Ok((id, frame))
+        self.lock().call(call, reply)
     }
 
     /// Sends a prepared call. If it cannot be sent (too big, or the

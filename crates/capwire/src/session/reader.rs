@@ -87,12 +87,13 @@ impl Shared {
     /// Handles one decoded frame: the engine decides, this does what it
     /// says. An `Err` is a connection-fatal violation.
     pub(super) fn handle(self: &Arc<Self>, frame: Frame) -> Result<(), Status> {
-        let now = Instant::now();
-        let action = self.lock().on_frame(frame, now, |stream| Running {
-            cancel: CancellationToken::new(),
-            credit: stream.map(|window| Arc::new(Credit::new(window))),
-            started: self.started(),
-        })?;
+        let action = self
+            .lock()
+            .on_frame(frame, Instant::now, |stream| Running {
+                cancel: CancellationToken::new(),
+                credit: stream.map(|window| Arc::new(Credit::new(window))),
+                started: self.started(),
+            })?;
         match action {
             Action::None => {}
             Action::Hello { max_frame_bytes } => {

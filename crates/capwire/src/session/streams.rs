@@ -130,7 +130,7 @@ impl Shared {
                 if cancel.is_cancelled() {
                     return None;
                 }
-                if deadline::passed(stop_at, Instant::now()) {
+                if deadline::passed(stop_at, Instant::now) {
                     return Some(Err(past_deadline()));
                 }
                 let have_credit = credit.try_take();
