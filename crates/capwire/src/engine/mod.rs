@@ -30,6 +30,8 @@ mod outgoing;
 #[cfg(test)]
 mod pair;
 pub(crate) mod questions;
+#[cfg(test)]
+mod races;
 
 pub(crate) use dispatch::{Action, Start};
 pub use limits::Limits;
