@@ -102,10 +102,16 @@ impl<H: Host> Core<H> {
         if !self.hello_seen {
             return self.on_hello(frame);
         }
+        // The frames of a call's path return the callee's result as it is
+        // (no unwrap and rewrap of a large value).
+        let frame = match frame {
+            Frame::Call(call) => return self.on_call(call, now, running),
+            Frame::Result(result) => return self.on_result(result),
+            Frame::Item(item) => return self.on_item(item),
+            other => other,
+        };
         Ok(match frame {
             Frame::Hello(_) => return Err(Status::protocol_violation("a second hello")),
-            Frame::Call(call) => self.on_call(call, now, running)?,
-            Frame::Result(result) => self.on_result(result)?,
             Frame::Cancel(Cancel { id }) => match self.on_cancel(id) {
                 Some(Ok(running)) => Action::Stop(running),
                 // It never started: answered here ([S21]).
@@ -155,7 +161,6 @@ impl<H: Host> Core<H> {
                 Some(running) => Action::Credit(running.clone(), n),
                 None => Action::None,
             },
-            Frame::Item(item) => self.on_item(item)?,
             Frame::End(StreamEnd { id }) => self.on_stream_end(id, None)?,
             Frame::StreamError(StreamError { id, err }) => self.on_stream_end(id, Some(err))?,
             other => {
