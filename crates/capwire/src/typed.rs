@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use capwire_proto::{Code, Codec, Payload, Status};
+use capwire_proto::Status;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
@@ -123,23 +123,33 @@ fn swap_in(
     }
 }
 
+/// Runs `encode` with a fresh table for the capabilities it meets: what
+/// [`Value::new`] and [`Value::encode`] use, so handles inside any value
+/// become placeholders.
+pub(crate) fn capturing<R>(encode: impl FnOnce() -> R) -> (R, Vec<Capability>) {
+    let restore = swap_in(&OUTGOING, Vec::new());
+    let out = encode();
+    let caps = OUTGOING.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    (out, caps)
+}
+
+/// Runs `decode` with `caps` as the table placeholders refer to: what
+/// [`Value::decode`] uses, so handles inside any type decode.
+pub(crate) fn resolving<R>(caps: &[Capability], decode: impl FnOnce() -> R) -> R {
+    let _restore = swap_in(&INCOMING, caps.to_vec());
+    decode()
+}
+
 impl Value {
-    /// Encodes a typed value: typed capability handles inside it become
-    /// placeholders, and the capabilities go to the value's table.
+    /// The same as [`Value::new`] (kept for the code the interface macro
+    /// generates, and for readers who want to say "typed").
     pub fn from_typed<T: Serialize + ?Sized>(v: &T) -> Result<Value, Status> {
-        let restore = swap_in(&OUTGOING, Vec::new());
-        let payload = Payload::encode(Codec::Msgpack, v)
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()));
-        let caps = OUTGOING.with(|s| s.borrow_mut().take()).unwrap_or_default();
-        drop(restore);
-        let mut value = Value::from_payload(payload?);
-        value.caps = caps;
-        Ok(value)
+        Value::new(v)
     }
 
-    /// Decodes a typed value: placeholders become typed capability handles.
+    /// The same as [`Value::decode`].
     pub fn to_typed<T: DeserializeOwned>(&self) -> Result<T, Status> {
-        let _restore = swap_in(&INCOMING, self.caps.clone());
         self.decode()
     }
 }
@@ -163,7 +173,7 @@ pub fn serialize_cap<S: Serializer>(cap: &Capability, serializer: S) -> Result<S
             Placeholder { n }.serialize(serializer)
         }
         None => Err(S::Error::custom(
-            "a capability can only be encoded inside a capwire value (Value::from_typed)",
+            "a capability can only be encoded inside a capwire value (Value::new)",
         )),
     }
 }
@@ -185,7 +195,7 @@ pub fn deserialize_cap<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Cap
             "placeholder {n} has no capability in the value's table"
         ))),
         None => Err(D::Error::custom(
-            "a capability can only be decoded from a capwire value (Value::to_typed)",
+            "a capability can only be decoded from a capwire value (Value::decode)",
         )),
     }
 }

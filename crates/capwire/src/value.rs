@@ -24,16 +24,22 @@ pub struct Value {
 }
 
 impl Value {
-    /// Encodes `v` (MessagePack: the codec is converted if the connection uses JSON).
+    /// Encodes `v` (MessagePack: the codec is converted if the connection
+    /// uses JSON). Capability handles inside `v` (typed clients, sinks)
+    /// become placeholders, and the capabilities go to the value's table:
+    /// this is the one way values with capabilities are encoded.
     pub fn new<T: Serialize + ?Sized>(v: &T) -> Result<Value, Status> {
         Value::encode(Codec::Msgpack, v)
     }
 
-    /// Encodes `v` in `codec`.
+    /// Encodes `v` in `codec` (see [`Value::new`]).
     pub fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Value, Status> {
-        Payload::encode(codec, v)
+        let (payload, caps) = crate::typed::capturing(|| Payload::encode(codec, v));
+        let mut value = payload
             .map(Value::from_payload)
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+        value.caps = caps;
+        Ok(value)
     }
 
     /// `null`.
@@ -41,9 +47,17 @@ impl Value {
         Value::from_payload(Payload::null(Codec::Msgpack))
     }
 
-    /// A value whose placeholders refer to `caps`.
+    /// A value whose placeholders refer to `caps`: `v` carries its own
+    /// `{"$cap": n}` maps (it may not hold capability handles itself).
     pub fn with_caps<T: Serialize + ?Sized>(v: &T, caps: Vec<Capability>) -> Result<Value, Status> {
         let mut value = Value::new(v)?;
+        if !value.caps.is_empty() {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "Value::with_caps takes placeholders and their table, not capability handles: \
+                 use Value::new for a value that holds handles",
+            ));
+        }
         value.caps = caps;
         Ok(value)
     }
@@ -64,11 +78,15 @@ impl Value {
         }
     }
 
-    /// Decodes the value as `T` (placeholders decode as `{"$cap": n}` maps).
+    /// Decodes the value as `T`: a placeholder decodes as the capability it
+    /// refers to where `T` holds a capability handle (a typed client, a
+    /// sink), and as a `{"$cap": n}` map where `T` holds plain data.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Status> {
-        self.payload
-            .decode()
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+        crate::typed::resolving(&self.caps, || {
+            self.payload
+                .decode()
+                .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+        })
     }
 
     /// The value as a JSON tree.

@@ -376,3 +376,38 @@ fn run_tsc(tsc: &std::path::Path, dir: &std::path::Path, files: &[&str]) -> std:
         .output()
         .expect("run tsc")
 }
+
+/// One way to encode a value with capabilities: `Value::new` takes handles
+/// anywhere in a value (the dynamic API sends them like the typed one), and
+/// `Value::decode` gives them back; `with_caps` refuses handles (it takes
+/// placeholders and their table).
+#[tokio::test]
+async fn value_new_carries_capability_handles() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Holder {
+        label: String,
+        counter: CounterClient,
+    }
+    let (registry, _h) = registry();
+    let p = pair(Kind::Tcp, registry).await;
+    let calc = CalcClient::bootstrap(&p.client).await.unwrap();
+    let mine = CounterClient::from_impl(MyCounter(AtomicI64::new(5)));
+    let value = capwire::Value::new(&Holder {
+        label: "mine".into(),
+        counter: mine.clone(),
+    })
+    .expect("handles encode inside Value::new");
+    assert_eq!(value.caps().len(), 1);
+    let back: Holder = value.decode().expect("and decode back");
+    assert_eq!(back.label, "mine");
+    assert_eq!(back.counter.value().await.unwrap(), 5);
+    // Sent through the dynamic API: the server's `bump` gets a working handle.
+    let args = capwire::Value::new(&(mine.clone(), 2_i64)).unwrap();
+    let bumped = capwire::typed::Client::cap(&calc)
+        .call("bump", args)
+        .await
+        .unwrap();
+    assert_eq!(bumped.decode::<i64>().unwrap(), 7);
+    let refused = capwire::Value::with_caps(&mine, vec![]);
+    assert_eq!(refused.unwrap_err().code, capwire::Code::InvalidArgument);
+}
