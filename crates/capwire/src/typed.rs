@@ -5,7 +5,7 @@
 //! and how a capability inside a typed value is written (`{"$cap": n}`, with
 //! the capability in the value's table).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -95,6 +95,14 @@ thread_local! {
     static OUTGOING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
     /// The capability table of the value being deserialized.
     static INCOMING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
+    /// Set when a handle was met with no table to put it in (or take it
+    /// from): the encode or decode is then run again with one.
+    static WANTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True if no table is set up in `slot` (the common case: not nested).
+fn unset(slot: &'static std::thread::LocalKey<RefCell<Option<Vec<Capability>>>>) -> bool {
+    slot.with(|s| s.borrow().is_none())
 }
 
 /// Restores a thread-local slot when dropped (also on panic).
@@ -123,10 +131,20 @@ fn swap_in(
     }
 }
 
-/// Runs `encode` with a fresh table for the capabilities it meets: what
+/// Runs `encode` with a table for the capabilities it meets: what
 /// [`Value::new`] and [`Value::encode`] use, so handles inside any value
-/// become placeholders.
-pub(crate) fn capturing<R>(encode: impl FnOnce() -> R) -> (R, Vec<Capability>) {
+/// become placeholders. Most values hold no handle: they are encoded once,
+/// with no table; a value that meets one is encoded again with a table.
+pub(crate) fn capturing<R, E>(
+    encode: impl Fn() -> Result<R, E>,
+) -> (Result<R, E>, Vec<Capability>) {
+    if unset(&OUTGOING) {
+        WANTED.with(|w| w.set(false));
+        let first = encode();
+        if first.is_ok() || !WANTED.with(Cell::get) {
+            return (first, Vec::new());
+        }
+    }
     let restore = swap_in(&OUTGOING, Vec::new());
     let out = encode();
     let caps = OUTGOING.with(|s| s.borrow_mut().take()).unwrap_or_default();
@@ -135,8 +153,13 @@ pub(crate) fn capturing<R>(encode: impl FnOnce() -> R) -> (R, Vec<Capability>) {
 }
 
 /// Runs `decode` with `caps` as the table placeholders refer to: what
-/// [`Value::decode`] uses, so handles inside any type decode.
+/// [`Value::decode`] uses, so handles inside any type decode. A value with
+/// no capabilities is decoded with no table (a handle in the type then
+/// fails, as it should: there is nothing for it to refer to).
 pub(crate) fn resolving<R>(caps: &[Capability], decode: impl FnOnce() -> R) -> R {
+    if caps.is_empty() && unset(&INCOMING) {
+        return decode();
+    }
     let _restore = swap_in(&INCOMING, caps.to_vec());
     decode()
 }
@@ -172,9 +195,12 @@ pub fn serialize_cap<S: Serializer>(cap: &Capability, serializer: S) -> Result<S
             }
             Placeholder { n }.serialize(serializer)
         }
-        None => Err(S::Error::custom(
-            "a capability can only be encoded inside a capwire value (Value::new)",
-        )),
+        None => {
+            WANTED.with(|w| w.set(true));
+            Err(S::Error::custom(
+                "a capability can only be encoded inside a capwire value (Value::new)",
+            ))
+        }
     }
 }
 
@@ -194,9 +220,10 @@ pub fn deserialize_cap<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Cap
         Some(None) => Err(D::Error::custom(format_args!(
             "placeholder {n} has no capability in the value's table"
         ))),
-        None => Err(D::Error::custom(
-            "a capability can only be decoded from a capwire value (Value::decode)",
-        )),
+        None => Err(D::Error::custom(format_args!(
+            "placeholder {n} has no capability to refer to: the value carries none \
+             (or it is not decoded by Value::decode)"
+        ))),
     }
 }
 
