@@ -343,7 +343,7 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
         let attrs = &attrs;
         for ty in types.iter().copied().chain(std::iter::once(output)) {
             checks.push(quote_spanned! {ty.span()=>
-                ::capwire::typed::assert_wire::<#ty>();
+                ::capwire::__private::assert_wire::<#ty>();
             });
         }
         let options = match m.timeout_ms {
@@ -379,10 +379,10 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
             stream_arms.push(quote! {
                 #wire => {
                     let imp = self.0.clone();
-                    ::std::boxed::Box::pin(::capwire::typed::with_context(ctx, async move {
+                    ::std::boxed::Box::pin(::capwire::__private::with_context(ctx, async move {
                         #decode_args
                         let items = imp.#ident(#(#names),*).await?;
-                        ::core::result::Result::Ok(::capwire::typed::encode_items(items))
+                        ::core::result::Result::Ok(::capwire::__private::encode_items(items))
                     }))
                 }
             });
@@ -404,7 +404,7 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
             call_arms.push(quote! {
                 #wire => {
                     let imp = self.0.clone();
-                    ::std::boxed::Box::pin(::capwire::typed::with_context(ctx, async move {
+                    ::std::boxed::Box::pin(::capwire::__private::with_context(ctx, async move {
                         #decode_args
                         let result = imp.#ident(#(#names),*).await?;
                         ::capwire::Value::from_typed(&result)
@@ -513,13 +513,13 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
 
         impl #p::serde::Serialize for #client {
             fn serialize<S: #p::serde::Serializer>(&self, serializer: S) -> ::core::result::Result<S::Ok, S::Error> {
-                ::capwire::typed::serialize_cap(&self.cap, serializer)
+                ::capwire::__private::serialize_cap(&self.cap, serializer)
             }
         }
 
         impl<'de> #p::serde::Deserialize<'de> for #client {
             fn deserialize<D: #p::serde::Deserializer<'de>>(deserializer: D) -> ::core::result::Result<Self, D::Error> {
-                ::capwire::typed::deserialize_cap(deserializer).map(|cap| Self { cap })
+                ::capwire::__private::deserialize_cap(deserializer).map(|cap| Self { cap })
             }
         }
 
@@ -530,7 +530,7 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
 
             fn json_schema(generator: &mut ::capwire::schemars::SchemaGenerator) -> ::capwire::schemars::Schema {
                 let methods = <Self as ::capwire::typed::Client>::describe(generator);
-                ::capwire::typed::cap_schema(#interface_str, methods)
+                ::capwire::__private::cap_schema(#interface_str, methods)
             }
         }
 

@@ -269,6 +269,9 @@ pub use schemars;
 /// What the code `#[interface]` generates refers to.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::typed::support::{
+        assert_wire, cap_schema, deserialize_cap, encode_items, serialize_cap, with_context,
+    };
     pub use futures_util::future::BoxFuture;
     pub use serde;
     pub use serde_json;

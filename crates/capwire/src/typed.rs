@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use capwire_proto::Status;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
-use serde::de::{DeserializeOwned, Deserializer, Error as _};
-use serde::ser::{Error as _, Serializer};
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use crate::capability::{CallOptions, Capability};
@@ -61,10 +61,6 @@ pub trait Wire: Serialize + DeserializeOwned + schemars::JsonSchema + Send + 'st
 
 impl<T> Wire for T where T: Serialize + DeserializeOwned + schemars::JsonSchema + Send + 'static {}
 
-/// Checked by the macro for every parameter, result and item type.
-#[doc(hidden)]
-pub fn assert_wire<T: Wire>() {}
-
 /// The items a typed stream method returns.
 pub type ItemsOf<T> = BoxStream<'static, Result<T, Status>>;
 
@@ -76,18 +72,6 @@ tokio::task_local! {
 /// what the transport knows about the caller. `None` outside a handler.
 pub fn context() -> Option<CallContext> {
     CONTEXT.try_with(Clone::clone).ok()
-}
-
-/// Runs a typed handler's future with its [`context`].
-#[doc(hidden)]
-pub fn with_context<F: Future + Send + 'static>(
-    ctx: CallContext,
-    fut: F,
-) -> impl Future<Output = F::Output> + Send + 'static
-where
-    F::Output: Send,
-{
-    CONTEXT.scope(ctx, fut)
 }
 
 thread_local! {
@@ -175,69 +159,6 @@ impl Value {
     pub fn to_typed<T: DeserializeOwned>(&self) -> Result<T, Status> {
         self.decode()
     }
-}
-
-/// Serializes a capability as a placeholder of the value being encoded
-/// ([`Value::from_typed`]). For the `Serialize` impls of client types.
-pub fn serialize_cap<S: Serializer>(cap: &Capability, serializer: S) -> Result<S::Ok, S::Error> {
-    let n = OUTGOING.with(|s| {
-        s.borrow_mut().as_mut().map(|caps| {
-            caps.push(cap.clone());
-            caps.len() - 1
-        })
-    });
-    match n {
-        Some(n) => {
-            #[derive(Serialize)]
-            struct Placeholder {
-                #[serde(rename = "$cap")]
-                n: usize,
-            }
-            Placeholder { n }.serialize(serializer)
-        }
-        None => {
-            WANTED.with(|w| w.set(true));
-            Err(S::Error::custom(
-                "a capability can only be encoded inside a capwire value (Value::new)",
-            ))
-        }
-    }
-}
-
-/// Deserializes a placeholder of the value being decoded
-/// ([`Value::to_typed`]) as its capability.
-pub fn deserialize_cap<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Capability, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Placeholder {
-        #[serde(rename = "$cap")]
-        n: usize,
-    }
-    let Placeholder { n } = Placeholder::deserialize(deserializer)?;
-    let cap = INCOMING.with(|s| s.borrow().as_ref().map(|caps| caps.get(n).cloned()));
-    match cap {
-        Some(Some(cap)) => Ok(cap),
-        Some(None) => Err(D::Error::custom(format_args!(
-            "placeholder {n} has no capability in the value's table"
-        ))),
-        None => Err(D::Error::custom(format_args!(
-            "placeholder {n} has no capability to refer to: the value carries none \
-             (or it is not decoded by Value::decode)"
-        ))),
-    }
-}
-
-/// The JSON Schema of a capability of interface `interface`, with its methods.
-#[doc(hidden)]
-pub fn cap_schema(interface: &str, methods: serde_json::Value) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": { "$cap": { "type": "integer", "minimum": 0 } },
-        "required": ["$cap"],
-        "additionalProperties": false,
-        "x-capwire-interface": interface,
-        "x-capwire-methods": methods,
-    })
 }
 
 /// The schema document of a served interface: its name, version and methods,
@@ -354,14 +275,6 @@ impl<T: DeserializeOwned> Stream for TypedStream<T> {
     }
 }
 
-/// Turns a typed stream method's items into values.
-#[doc(hidden)]
-pub fn encode_items<T: Serialize + Send + 'static>(items: ItemsOf<T>) -> crate::Items {
-    items
-        .map(|item| item.and_then(|v| Value::from_typed(&v)))
-        .boxed()
-}
-
 /// A typed sink: a capability items of type `T` are written to. Pass it as
 /// an argument or return it; write to it with [`Sink::writer`].
 pub struct Sink<T> {
@@ -451,7 +364,7 @@ impl<T: Serialize + Send + 'static> Source<T> {
     /// A source of `items`.
     pub fn new(items: ItemsOf<T>) -> Source<T> {
         Source {
-            cap: crate::stream::source(encode_items(items)),
+            cap: crate::stream::source(support::encode_items(items)),
             _t: PhantomData,
         }
     }
@@ -496,13 +409,13 @@ macro_rules! cap_wrapper {
 
         impl<T> Serialize for $ty<T> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serialize_cap(&self.cap, serializer)
+                support::serialize_cap(&self.cap, serializer)
             }
         }
 
         impl<'de, T> Deserialize<'de> for $ty<T> {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                deserialize_cap(deserializer).map(|cap| $ty {
+                support::deserialize_cap(deserializer).map(|cap| $ty {
                     cap,
                     _t: PhantomData,
                 })
@@ -579,5 +492,109 @@ impl<T: DeserializeOwned + Send + 'static> TypedStream<T> {
     /// Collects every item, stopping at the first error.
     pub fn collect_all(self) -> TypedStreamCollect<T> {
         TypedStreamCollect(self)
+    }
+}
+
+/// What the code `#[capwire::interface]` generates calls: public only
+/// through `capwire::__private`, not part of the API.
+pub(crate) mod support {
+    use std::future::Future;
+
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ItemsOf, Wire, CONTEXT, INCOMING, OUTGOING, WANTED};
+    use crate::capability::Capability;
+    use crate::object::CallContext;
+    use crate::value::Value;
+    use futures_util::StreamExt;
+
+    /// Checked by the macro for every parameter, result and item type.
+    pub fn assert_wire<T: Wire>() {}
+
+    /// Runs a typed handler's future with its [`super::context`].
+    pub fn with_context<F: Future + Send + 'static>(
+        ctx: CallContext,
+        fut: F,
+    ) -> impl Future<Output = F::Output> + Send + 'static
+    where
+        F::Output: Send,
+    {
+        CONTEXT.scope(ctx, fut)
+    }
+
+    /// Serializes a capability as a placeholder of the value being encoded
+    /// ([`Value::from_typed`]). For the `Serialize` impls of client types.
+    pub fn serialize_cap<S: Serializer>(
+        cap: &Capability,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let n = OUTGOING.with(|s| {
+            s.borrow_mut().as_mut().map(|caps| {
+                caps.push(cap.clone());
+                caps.len() - 1
+            })
+        });
+        match n {
+            Some(n) => {
+                #[derive(Serialize)]
+                struct Placeholder {
+                    #[serde(rename = "$cap")]
+                    n: usize,
+                }
+                Placeholder { n }.serialize(serializer)
+            }
+            None => {
+                WANTED.with(|w| w.set(true));
+                Err(S::Error::custom(
+                    "a capability can only be encoded inside a capwire value (Value::new)",
+                ))
+            }
+        }
+    }
+
+    /// Deserializes a placeholder of the value being decoded
+    /// ([`Value::to_typed`]) as its capability.
+    pub fn deserialize_cap<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Capability, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Placeholder {
+            #[serde(rename = "$cap")]
+            n: usize,
+        }
+        let Placeholder { n } = Placeholder::deserialize(deserializer)?;
+        let cap = INCOMING.with(|s| s.borrow().as_ref().map(|caps| caps.get(n).cloned()));
+        match cap {
+            Some(Some(cap)) => Ok(cap),
+            Some(None) => Err(D::Error::custom(format_args!(
+                "placeholder {n} has no capability in the value's table"
+            ))),
+            None => Err(D::Error::custom(format_args!(
+                "placeholder {n} has no capability to refer to: the value carries none \
+                 (or it is not decoded by Value::decode)"
+            ))),
+        }
+    }
+
+    /// The JSON Schema of a capability of interface `interface`, with its methods.
+    pub fn cap_schema(interface: &str, methods: serde_json::Value) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": { "$cap": { "type": "integer", "minimum": 0 } },
+            "required": ["$cap"],
+            "additionalProperties": false,
+            "x-capwire-interface": interface,
+            "x-capwire-methods": methods,
+        })
+    }
+
+    /// Turns a typed stream method's items into values.
+    pub fn encode_items<T: Serialize + Send + 'static>(items: ItemsOf<T>) -> crate::Items {
+        items
+            .map(|item| item.and_then(|v| Value::from_typed(&v)))
+            .boxed()
     }
 }
