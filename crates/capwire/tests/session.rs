@@ -145,3 +145,51 @@ async fn dropping_the_last_handle_releases_the_export() {
     assert_eq!(p.server.stats().exports, 1, "the counter was released");
     assert_eq!(p.client.stats().imports, 1);
 }
+
+/// protocol.md [S1]: the accepting side answers in the codec of the peer's
+/// `hello` — a JSON peer gets JSON back, a MessagePack peer MessagePack,
+/// whatever the server's configured codec.
+#[tokio::test]
+async fn the_server_answers_in_the_codec_of_the_peers_hello() {
+    use capwire::dialect::{serve, ServeConfig};
+    use capwire::proto::{codec, Codec, Frame, Hello, Outcome};
+    use capwire::transport::memory_pair;
+    for (peer, server) in [(Codec::Json, Codec::Msgpack), (Codec::Msgpack, Codec::Json)] {
+        let (registry, _h) = demo_registry();
+        let (a, mut b) = memory_pair(&Default::default());
+        let mut config = ServeConfig::default();
+        config.session.codec = server;
+        let hello = codec::encode(&Frame::Hello(Hello::new()), peer).unwrap();
+        b.sender.send(hello.into()).await.unwrap();
+        let _served = serve(a, registry, config).await.expect("served");
+        let (got, _) = next_frame(&mut b.receiver).await;
+        assert_eq!(got, peer, "the server's hello is in the peer's codec");
+        let call = call_frame(1, 0, "bootstrap", serde_json::json!({ "name": "demo" }));
+        let call = codec::encode(&Frame::Call(call), peer).unwrap();
+        b.sender.send(call.into()).await.unwrap();
+        let (got, bytes) = next_frame(&mut b.receiver).await;
+        assert_eq!(got, peer, "and so is its result");
+        match codec::decode_bytes(&bytes).unwrap().0 {
+            Frame::Result(r) => assert!(matches!(r.outcome, Outcome::Ok { .. }), "{r:?}"),
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame a raw peer receives, with its codec.
+async fn next_frame(
+    receiver: &mut capwire::transport::FrameReceiver,
+) -> (capwire::proto::Codec, bytes::Bytes) {
+    let bytes = within(
+        std::time::Duration::from_secs(5),
+        "a frame",
+        receiver.recv(),
+    )
+    .await
+    .expect("open")
+    .expect("a frame");
+    (
+        capwire::proto::Codec::detect(&bytes).expect("a codec"),
+        bytes,
+    )
+}

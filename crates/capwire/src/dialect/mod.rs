@@ -19,7 +19,9 @@ use crate::Capability;
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct ServeConfig {
-    /// For native sessions.
+    /// For native sessions. Their codec is the one the peer's first frame
+    /// uses: the accepting side answers in the codec of the peer's `hello`
+    /// (protocol.md \[S1\]).
     pub session: SessionConfig,
     /// The served name a capnweb peer gets as its main object; when `None`,
     /// the registry's only served name (capnweb has no bootstrap by name).
@@ -88,13 +90,19 @@ pub async fn serve(
         .map_err(|e| Status::unavailable(format!("the connection failed: {e}")))?
         .ok_or_else(|| Status::unavailable("the peer closed before its first message"))?;
     let dialect = detect(&first);
+    let first_bytes = first.clone();
     transport.receiver.unread(first);
     match dialect {
-        Dialect::Native => Ok(Served::Native(Session::new(
-            transport,
-            registry,
-            config.session,
-        ))),
+        Dialect::Native => {
+            // The accepting side answers in the codec of the peer's hello
+            // (protocol.md [S1]); a first frame in no codec meets the
+            // decoder, which reports it.
+            let mut session = config.session;
+            if let Ok(codec) = capwire_proto::Codec::detect(&first_bytes) {
+                session.codec = codec;
+            }
+            Ok(Served::Native(Session::new(transport, registry, session)))
+        }
         Dialect::Capnweb => {
             let main = capnweb_main(&registry, config.capnweb_main.as_deref())?;
             Ok(Served::Capnweb(capnweb::CapnwebSession::with_limits(
