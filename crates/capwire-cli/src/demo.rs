@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use capwire::dialect::{self, ServeConfig};
+use capwire::dialect::{self, ServeConfig, Server};
 use capwire::transport::{self, Address, Listener, TransportConfig};
 use capwire::typed::{sink, ItemsOf, Sink, Source};
 use capwire::{path, CallOptions, Code, Registry, Session, SessionConfig, Status, Value};
@@ -185,10 +185,32 @@ pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
     }
     let listener = Listener::bind(listen, TransportConfig::default()).await?;
     println!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
-    tokio::select! {
-        r = serve(listener, registry) => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+    let mut config = ServeConfig::default();
+    config.capnweb_main = Some(NAME.to_owned());
+    let grace = config.session.close_grace;
+    let server = Server::start(listener, registry, config);
+    shutdown_signal().await?;
+    eprintln!(
+        "shutting down: no new connections; calls in flight get up to {} s",
+        grace.as_secs_f64()
+    );
+    server.shutdown().await;
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
     }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 /// A result as the tour prints it: the value as JSON, or the error.

@@ -624,3 +624,38 @@ fn capnweb_http_batch_against_the_demo() {
         "{text}"
     );
 }
+
+/// SIGINT (and SIGTERM) shut `demo serve` down gracefully: a call in flight
+/// finishes with its value, the client hears `goaway`, the process exits 0.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serve_drains_calls_on_sigint_and_sigterm() {
+    use capwire::transport::{self, TransportConfig};
+    use capwire::{Code, Registry, Session, SessionConfig, Value};
+    for signal in ["-INT", "-TERM"] {
+        let (mut server, addr) = demo_server();
+        let t = transport::connect(&addr.parse().unwrap(), &TransportConfig::default())
+            .await
+            .unwrap();
+        let client = Session::new(t, Registry::new(), SessionConfig::default());
+        let demo = client.bootstrap("demo", None).await.unwrap();
+        let slow = tokio::spawn({
+            let demo = demo.clone();
+            async move { demo.call("sleep", Value::new(&(300u64,)).unwrap()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let pid = server.0.id().to_string();
+        let kill = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(kill.success());
+        let answer = slow.await.unwrap();
+        let answer = answer.expect("the call in flight finished");
+        assert!(answer.decode::<String>().is_ok(), "{signal}");
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), client.closed())
+            .await
+            .expect("the session ends");
+        assert_eq!(closed.code, Code::Unavailable, "{closed}");
+        assert!(closed.message.contains("closing"), "{signal}: {closed}");
+        let status = server.0.wait().expect("the server exits");
+        assert!(status.success(), "{signal}: {status}");
+    }
+}

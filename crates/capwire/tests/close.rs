@@ -276,3 +276,57 @@ async fn calls_arriving_after_our_goaway_are_answered_unavailable() {
     assert_eq!(raw.recv().await, None, "then the connection closes");
     closing.await.unwrap();
 }
+
+/// A server shut down gracefully: it stops accepting at once, tells every
+/// session (`goaway`), lets the call in flight finish, and returns once the
+/// sessions have ended; the client's next call fails `unavailable` locally.
+#[tokio::test]
+async fn a_server_shuts_down_gracefully() {
+    use capwire::dialect::{ServeConfig, Server};
+    let (registry, _served, _probe) = probe_registry();
+    let listener = Listener::bind(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        TransportConfig::default(),
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().clone();
+    let server = Server::start(listener, registry, ServeConfig::default());
+    let t = transport::connect(&addr, &TransportConfig::default())
+        .await
+        .unwrap();
+    let client = Session::new(t, Registry::new(), SessionConfig::default());
+    let probe = client.bootstrap("probe", None).await.unwrap();
+    eventually("the server holds the session", || {
+        server.sessions().len() == 1
+    })
+    .await;
+
+    let slow = tokio::spawn({
+        let probe = probe.clone();
+        async move { probe.call("sleep", Value::new(&(200u64,)).unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    within(Duration::from_secs(5), "the shutdown", server.shutdown()).await;
+    let slept: u64 = slow
+        .await
+        .unwrap()
+        .expect("the call in flight finished")
+        .decode()
+        .unwrap();
+    assert_eq!(slept, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "it waited for the call"
+    );
+
+    // The listener is gone, and the client heard the goaway.
+    assert!(transport::connect(&addr, &TransportConfig::default())
+        .await
+        .is_err());
+    let after = probe.call("sleep", Value::new(&(0u64,)).unwrap()).await;
+    assert_status(&after, Code::Unavailable, None);
+    let closed = within(Duration::from_secs(5), "the client's end", client.closed()).await;
+    assert_eq!(closed.code, Code::Unavailable, "{closed}");
+}

@@ -7,6 +7,9 @@
 //!   [`ServeConfig::capnweb_main`] as the peer's main object.
 
 pub mod capnweb;
+mod server;
+
+pub use server::Server;
 
 use capwire_proto::{Code, Status};
 
@@ -37,6 +40,26 @@ pub enum Served {
     Capnweb(capnweb::CapnwebSession),
 }
 
+impl Served {
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Served::Native(s) => s.is_closed(),
+            Served::Capnweb(s) => s.is_closed(),
+        }
+    }
+
+    /// Closes the session: a native one gracefully ([`Session::close`]: `goaway`,
+    /// calls in flight finish within `SessionConfig::close_grace`), a
+    /// capnweb one at once.
+    pub async fn close(&self) {
+        match self {
+            Served::Native(s) => s.close().await,
+            Served::Capnweb(s) => s.close().await,
+        }
+    }
+}
+
 /// Which dialect a first frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -57,15 +80,25 @@ pub fn detect(first: &[u8]) -> Dialect {
     }
 }
 
-/// Accepts connections on `listener` until it fails, serving each in the
-/// dialect its peer speaks (see [`serve`]); only returns with the accept error.
+/// Accepts connections on `listener` for as long as it is open, serving each
+/// in the dialect its peer speaks (see [`serve`]). An accept error (a file
+/// descriptor limit, a connection reset before it was accepted) is logged
+/// and survived; only a listener that closed for good ends the loop. For a
+/// server that can be shut down gracefully, use [`Server`].
 pub async fn serve_forever(
     mut listener: Listener,
     registry: Registry,
     config: ServeConfig,
 ) -> Result<(), TransportError> {
     loop {
-        let t = listener.accept().await?;
+        let t = match listener.accept().await {
+            Ok(t) => t,
+            Err(TransportError::Closed) => return Err(TransportError::Closed),
+            Err(e) => {
+                server::accept_failed(&e).await;
+                continue;
+            }
+        };
         tracing::debug!(peer = ?t.attestation.peer_addr, "connection");
         let (registry, config) = (registry.clone(), config.clone());
         tokio::spawn(async move {

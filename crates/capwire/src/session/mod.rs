@@ -376,6 +376,11 @@ impl Session {
         shared.shutdown(Status::unavailable("the session was closed"));
     }
 
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.ended.load(Ordering::Acquire)
+    }
+
     /// Resolves when the session has ended, with the reason.
     pub async fn closed(&self) -> Status {
         self.shared.closed.cancelled().await;

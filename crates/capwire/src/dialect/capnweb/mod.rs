@@ -240,6 +240,11 @@ impl CapnwebSession {
         }
     }
 
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
     /// Resolves when the session has ended, with the reason.
     pub async fn closed(&self) -> Status {
         self.inner.closed.cancelled().await;
