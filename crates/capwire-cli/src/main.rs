@@ -5,17 +5,24 @@
 //! calls any served method; `capwire frames` decodes and encodes frames.
 
 mod demo;
+mod phases;
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use capwire::attestation::{Attestation, TransportKind};
 use capwire::proto::{codec, Codec, Framing};
 use capwire::transport::{self, Address, Transport, TransportConfig};
-use capwire::{Registry, Session, SessionConfig, Value};
+use capwire::{Registry, Session, SessionConfig, Status, Value};
+use phases::Phases;
+
+/// What `call` and `schema` allow for connecting, bootstrapping and calling
+/// together, unless `--timeout-ms` says otherwise.
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -51,9 +58,10 @@ enum Command {
         /// The arguments as one JSON value (usually an array).
         #[arg(default_value = "[]")]
         args: String,
-        /// Give up after this many milliseconds.
-        #[arg(long)]
-        timeout_ms: Option<u64>,
+        /// Give up after this many milliseconds: connecting, bootstrapping
+        /// and the call together.
+        #[arg(long, default_value_t = DEFAULT_TIMEOUT_MS)]
+        timeout_ms: u64,
         /// Require this version of the served name.
         #[arg(long)]
         version: Option<String>,
@@ -65,6 +73,9 @@ enum Command {
         /// Print TypeScript declarations instead of the JSON schemas.
         #[arg(long)]
         ts: bool,
+        /// Give up after this many milliseconds: connecting and asking together.
+        #[arg(long, default_value_t = DEFAULT_TIMEOUT_MS)]
+        timeout_ms: u64,
     },
     /// Decode and encode capwire/1 frames.
     #[command(subcommand)]
@@ -196,7 +207,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Schema { address, ts } => schema(&address, ts).await,
+        Command::Schema {
+            address,
+            ts,
+            timeout_ms,
+        } => schema(&address, ts, timeout_ms).await,
         Command::Frames(FramesCommand::Decode {
             input,
             framing,
@@ -231,28 +246,43 @@ async fn call(
     version: Option<&str>,
     method: &str,
     args: &str,
-    timeout_ms: Option<u64>,
+    timeout_ms: u64,
 ) -> anyhow::Result<ExitCode> {
     let args: serde_json::Value =
         serde_json::from_str(args).with_context(|| format!("arguments are not JSON: {args}"))?;
     let addr: transport::Address = address.parse()?;
-    let t = transport::connect(&addr, &TransportConfig::default()).await?;
+    let phases = Phases::new(Duration::from_millis(timeout_ms), address);
+    let t = phases
+        .run(
+            "connecting to",
+            transport::connect(&addr, &TransportConfig::default()),
+        )
+        .await?
+        .with_context(|| format!("cannot connect to {addr}"))?;
     let session = capwire::Session::new(
         t,
         capwire::Registry::new(),
         capwire::SessionConfig::default(),
     );
     let outcome = async {
-        let cap = session.bootstrap(name, version).await?;
-        let options = match timeout_ms {
-            Some(ms) => capwire::CallOptions::timeout(std::time::Duration::from_millis(ms)),
-            None => capwire::CallOptions::default(),
-        };
-        cap.call_with(method, capwire::Value::new(&args)?, options)
-            .await
+        let cap = phases
+            .run("bootstrapping at", session.bootstrap(name, version))
+            .await??;
+        // The call carries what is left as its deadline, so the server
+        // stops working on it when this side stops waiting.
+        let options = capwire::CallOptions::timeout(phases.call_deadline());
+        let call = cap.call_with(method, capwire::Value::new(&args)?, options);
+        Ok::<_, anyhow::Error>(phases.run("waiting for the call at", call).await??)
     }
     .await;
-    session.close().await;
+    phases.run("closing", session.close()).await.ok();
+    let outcome = match outcome {
+        Ok(value) => Ok(value),
+        Err(e) => match e.downcast::<Status>() {
+            Ok(status) => Err(status),
+            Err(e) => return Err(e),
+        },
+    };
     match outcome {
         Ok(value) => {
             println!("{}", serde_json::to_string_pretty(&value.to_json()?)?);
@@ -355,20 +385,29 @@ async fn encode(codec: Codec, framing: Framing) -> anyhow::Result<ExitCode> {
 
 /// `capwire schema ADDRESS [--ts]`: asks the peer's runtime capability for
 /// the interfaces it serves.
-async fn schema(address: &str, ts: bool) -> anyhow::Result<ExitCode> {
+async fn schema(address: &str, ts: bool, timeout_ms: u64) -> anyhow::Result<ExitCode> {
     let addr: Address = address.parse()?;
-    let t = transport::connect(&addr, &TransportConfig::default())
-        .await
+    let phases = Phases::new(Duration::from_millis(timeout_ms), address);
+    let t = phases
+        .run(
+            "connecting to",
+            transport::connect(&addr, &TransportConfig::default()),
+        )
+        .await?
         .with_context(|| format!("cannot connect to {addr}"))?;
     let session = Session::new(t, Registry::new(), SessionConfig::default());
-    let schemas: serde_json::Value = session
-        .runtime()
-        .call("schemas", Value::null())
-        .await
+    let listed = session.runtime().call_with(
+        "schemas",
+        Value::null(),
+        capwire::CallOptions::timeout(phases.call_deadline()),
+    );
+    let schemas: serde_json::Value = phases
+        .run("asking for the schemas at", listed)
+        .await?
         .map_err(|s| anyhow::anyhow!("the peer did not list its schemas: {s}"))?
         .decode()
         .map_err(|s| anyhow::anyhow!("bad schema list: {s}"))?;
-    session.close().await;
+    phases.run("closing", session.close()).await.ok();
     if ts {
         print!("{}", capwire::typescript::declarations(&schemas));
     } else {

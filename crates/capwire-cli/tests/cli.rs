@@ -659,3 +659,42 @@ async fn demo_serve_drains_calls_on_sigint_and_sigterm() {
         assert!(status.success(), "{signal}: {status}");
     }
 }
+
+/// A peer that accepts and never answers: `call` and `schema` give up
+/// within their timeout and say which phase was under way.
+#[test]
+fn call_and_schema_give_up_on_a_silent_peer() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = run(
+        &[
+            "call",
+            &addr,
+            "demo",
+            "square",
+            "[2]",
+            "--timeout-ms",
+            "300",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("timed out after 300 ms while bootstrapping at"),
+        "{err}"
+    );
+    let out = run(&["schema", &addr, "--timeout-ms", "300"], b"");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("timed out after 300 ms while asking for the schemas at"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "both gave up promptly"
+    );
+    drop(silent);
+}
