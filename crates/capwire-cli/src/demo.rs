@@ -184,7 +184,7 @@ pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
         return Ok(());
     }
     let listener = Listener::bind(listen, TransportConfig::default()).await?;
-    println!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
+    outln!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
     let mut config = ServeConfig::default();
     config.capnweb_main = Some(NAME.to_owned());
     let grace = config.session.close_grace;
@@ -229,7 +229,7 @@ impl Callback for PlusOne {
         let n = arg
             .as_i64()
             .ok_or_else(|| Status::new(Code::InvalidArgument, "expected a number"))?;
-        println!("                    (client) our callback was called with {n}");
+        outln!("                    (client) our callback was called with {n}");
         Ok(serde_json::json!(n + 1))
     }
 }
@@ -241,7 +241,7 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     let serving = registry.serve_interface(service(cancel_tx))?;
     let listener = Listener::bind(listen, TransportConfig::default()).await?;
     let addr = listener.local_addr().clone();
-    println!("capwire demo: server and client in one process, over {addr}\n");
+    outln!("capwire demo: server and client in one process, over {addr}\n");
     tokio::spawn(serve(listener, registry.clone()));
 
     let session = Session::new(
@@ -250,16 +250,16 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         SessionConfig::default(),
     );
     let rtt = session.ping().await?;
-    println!("connected           ping round trip {} µs", rtt.as_micros());
+    outln!("connected           ping round trip {} µs", rtt.as_micros());
 
     let demo = DemoClient::bootstrap(&session).await?;
-    println!("bootstrap           \"{NAME}\" v{VERSION} -> a typed DemoClient");
+    outln!("bootstrap           \"{NAME}\" v{VERSION} -> a typed DemoClient");
     let wrong = session.bootstrap(NAME, Some("2.0")).await.map(|_| ());
-    println!("bootstrap v2.0      {}", show(&wrong));
+    outln!("bootstrap v2.0      {}", show(&wrong));
 
     let t = Instant::now();
     let r = demo.square(7).await;
-    println!(
+    outln!(
         "call                square(7) = {}   ({} µs)",
         show(&r),
         t.elapsed().as_micros()
@@ -268,19 +268,19 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     let counter = demo.make_counter(5).await?;
     let a = counter.increment(2).await;
     let b = counter.increment(3).await;
-    println!(
+    outln!(
         "returned capability makeCounter(5) -> counter; increment(2) = {}, increment(3) = {}",
         show(&a),
         show(&b)
     );
     let c = demo.increment_counter(counter.clone(), 10).await;
-    println!("passed back         incrementCounter(counter, 10) = {}  (the server called its own object)", show(&c));
+    outln!("passed back         incrementCounter(counter, 10) = {}  (the server called its own object)", show(&c));
 
     // Pipelining: the second call goes out before the first has answered.
     let t = Instant::now();
     let frames = session.stats().frames_in;
     let r = demo.make_counter(100).increment(1).await;
-    println!(
+    outln!(
         "pipelining          makeCounter(100).increment(1) = {}  (2 calls, 1 round trip, {} µs, {} frames back)",
         show(&r),
         t.elapsed().as_micros(),
@@ -293,13 +293,13 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         .call("x", Value::null())
         .await
         .map(|_| ());
-    println!(
+    outln!(
         "                    listIds()[0].x() -> {}  (a path must lead to a capability)",
         show(&r)
     );
 
     let items: Vec<String> = demo.make_stream(5).map(|item| show(&item)).collect().await;
-    println!(
+    outln!(
         "stream              makeStream(5) -> {}  (credit window 32)",
         items.join(", ")
     );
@@ -307,22 +307,22 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     let (out, received) = sink::<String>(32);
     let r = demo.write_to(out).await;
     let written: Vec<String> = received.map(|item| show(&item)).collect().await;
-    println!(
+    outln!(
         "sink                writeTo(sink) = {}; the sink got {}",
         show(&r),
         written.join(", ")
     );
 
     let r = demo.call_me_back(CallbackClient::from_impl(PlusOne)).await;
-    println!("callback            callMeBack(fn) = {}", show(&r));
+    outln!("callback            callMeBack(fn) = {}", show(&r));
 
     let r = demo.fail().await;
-    println!("error               fail() -> {}", show(&r));
+    outln!("error               fail() -> {}", show(&r));
 
     let slow = demo.sleep(10_000);
     let r = tokio::time::timeout(Duration::from_millis(50), slow).await;
     let seen = tokio::time::timeout(Duration::from_secs(2), cancel_rx.recv()).await;
-    println!(
+    outln!(
         "cancellation        sleep(10000) dropped after 50 ms ({}); server handler stopped: {}",
         if r.is_err() {
             "caller gave up"
@@ -340,7 +340,7 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         )
         .await
         .map(|_| ());
-    println!(
+    outln!(
         "deadline            sleep(1000) with a 100 ms deadline -> {}",
         show(&r)
     );
@@ -354,25 +354,29 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
         r = demo.square(2).await;
     }
     let sent = session.stats().frames_out - before;
-    println!(
+    outln!(
         "revocation          server unserved \"{NAME}\"; square(2) -> {}  ({} frames sent)",
         show(&r),
         sent
     );
     let r = demo.square(3).await;
     let again = session.stats().frames_out;
-    println!(
+    outln!(
         "                    and again -> {}  (failed locally: {})",
         show(&r),
         session.stats().frames_out == again
     );
 
     let stats = session.stats();
-    println!(
+    outln!(
         "\nclient stats        {} frames / {} bytes out, {} frames / {} bytes in, calls {:?}",
-        stats.frames_out, stats.bytes_out, stats.frames_in, stats.bytes_in, stats.calls
+        stats.frames_out,
+        stats.bytes_out,
+        stats.frames_in,
+        stats.bytes_in,
+        stats.calls
     );
     session.close().await;
-    println!("closed");
+    outln!("closed");
     Ok(())
 }

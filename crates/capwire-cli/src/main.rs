@@ -4,6 +4,21 @@
 //! socket; `capwire demo serve` serves the demo service; `capwire call`
 //! calls any served method; `capwire frames` decodes and encodes frames.
 
+/// `println!` for the tool's output: when the reader went away (`capwire
+/// demo | head -3`), the tool stops quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::stdout_or_exit(::std::format_args!("{}\n", ::std::format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for the tool's output (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout_or_exit(::std::format_args!($($arg)*))
+    };
+}
+
 mod demo;
 mod phases;
 
@@ -285,7 +300,7 @@ async fn call(
     };
     match outcome {
         Ok(value) => {
-            println!("{}", serde_json::to_string_pretty(&value.to_json()?)?);
+            outln!("{}", serde_json::to_string_pretty(&value.to_json()?)?);
             if !value.caps().is_empty() {
                 eprintln!("capwire: the result holds {} capabilities (`{{\"$cap\": n}}`), released on exit", value.caps().len());
             }
@@ -409,9 +424,22 @@ async fn schema(address: &str, ts: bool, timeout_ms: u64) -> anyhow::Result<Exit
         .map_err(|s| anyhow::anyhow!("bad schema list: {s}"))?;
     phases.run("closing", session.close()).await.ok();
     if ts {
-        print!("{}", capwire::typescript::declarations(&schemas));
+        out!("{}", capwire::typescript::declarations(&schemas));
     } else {
-        println!("{}", serde_json::to_string_pretty(&schemas)?);
+        outln!("{}", serde_json::to_string_pretty(&schemas)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the tool's output; a closed stdout (a pipe whose reader exited)
+/// ends the process quietly, successfully, as `head` expects of its writer.
+fn stdout_or_exit(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("capwire: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }

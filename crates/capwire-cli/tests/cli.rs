@@ -698,3 +698,26 @@ fn call_and_schema_give_up_on_a_silent_peer() {
     );
     drop(silent);
 }
+
+/// `capwire demo | head -3`: the reader goes away after three lines; the
+/// tool stops quietly (no panic, no error) instead of writing on.
+#[test]
+fn a_closed_stdout_stops_the_tool_quietly() {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for _ in 0..3 {
+        lines.next().expect("a line").expect("readable");
+    }
+    drop(lines);
+    let out = child.wait_with_output().expect("exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}
