@@ -187,7 +187,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("capwire: {e:#}");
+            eprintln!("capwire: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -442,4 +442,26 @@ fn stdout_or_exit(args: std::fmt::Arguments<'_>) {
         eprintln!("capwire: cannot write the output: {e}");
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text
+/// the message before it already holds (an OS error that the error wrapping
+/// it quotes, a context that repeats what it wraps) is not repeated.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if text.contains(&line) {
+            line = text;
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

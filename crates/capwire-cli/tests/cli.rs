@@ -721,3 +721,25 @@ fn a_closed_stdout_stops_the_tool_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success(), "{:?}: {err}", out.status);
 }
+
+/// An OS error is said once: `cannot connect to ADDR: <why>`, not the
+/// address and the reason twice over.
+#[test]
+fn a_refused_connection_is_reported_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    for args in [
+        vec!["call", addr.as_str(), "demo", "square", "[2]"],
+        vec!["schema", addr.as_str()],
+    ] {
+        let out = run(&args, b"");
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(err.matches("os error").count(), 1, "{err}");
+        assert_eq!(err.matches("cannot connect to").count(), 1, "{err}");
+    }
+}
