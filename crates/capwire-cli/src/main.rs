@@ -35,6 +35,21 @@ use capwire::transport::{self, Address, Transport, TransportConfig};
 use capwire::{Registry, Session, SessionConfig, Status, Value};
 use phases::Phases;
 
+/// Exit codes scripts can rely on (the README lists them). 0 is success;
+/// clap exits with 2 for a usage error.
+mod exit {
+    /// The command line is wrong (what clap reports, and arguments that
+    /// are not JSON).
+    pub(crate) const USAGE: u8 = 2;
+    /// Something failed here: an input file, the output, an internal error.
+    pub(crate) const LOCAL: u8 = 1;
+    /// The peer could not be reached: connecting failed, a phase timed out,
+    /// or the connection was lost.
+    pub(crate) const UNREACHABLE: u8 = 3;
+    /// The peer answered with an error status.
+    pub(crate) const REMOTE: u8 = 4;
+}
+
 /// What `call` and `schema` allow for connecting, bootstrapping and calling
 /// together, unless `--timeout-ms` says otherwise.
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -188,7 +203,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("capwire: {}", report(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -263,8 +278,8 @@ async fn call(
     args: &str,
     timeout_ms: u64,
 ) -> anyhow::Result<ExitCode> {
-    let args: serde_json::Value =
-        serde_json::from_str(args).with_context(|| format!("arguments are not JSON: {args}"))?;
+    let args: serde_json::Value = serde_json::from_str(args)
+        .map_err(|e| Usage(format!("arguments are not JSON: {args} ({e})")))?;
     let addr: transport::Address = address.parse()?;
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
     let t = phases
@@ -311,7 +326,13 @@ async fn call(
             if let Some(details) = &status.details {
                 eprintln!("details: {details:?}");
             }
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(
+                if status.code == capwire::Code::Unavailable {
+                    exit::UNREACHABLE
+                } else {
+                    exit::REMOTE
+                },
+            ))
         }
     }
 }
@@ -464,4 +485,38 @@ fn report(error: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+/// A mistake in the command line that clap cannot see.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// The exit code for an error that ended a command.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.downcast_ref::<Usage>().is_some() {
+            return exit::USAGE;
+        }
+        if cause.downcast_ref::<phases::TimedOut>().is_some() {
+            return exit::UNREACHABLE;
+        }
+        if let Some(t) = cause.downcast_ref::<capwire::transport::TransportError>() {
+            use capwire::transport::TransportError as E;
+            if matches!(
+                t,
+                E::Connect { .. } | E::Io(_) | E::WebSocket(_) | E::ClosedByPeer(_) | E::Closed
+            ) {
+                return exit::UNREACHABLE;
+            }
+        }
+        if let Some(status) = cause.downcast_ref::<Status>() {
+            return if status.code == capwire::Code::Unavailable {
+                exit::UNREACHABLE
+            } else {
+                exit::REMOTE
+            };
+        }
+    }
+    exit::LOCAL
 }

@@ -206,7 +206,7 @@ fn call_reaches_a_served_method_and_reports_errors() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"user7\"");
 
     let out = run(&["call", &addr, "demo", "nope"], b"");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4), "a remote status exits 4");
     assert!(
         stderr(&out).contains("unimplemented: Demo has no method `nope`"),
         "{}",
@@ -246,6 +246,7 @@ fn call_reaches_a_served_method_and_reports_errors() {
     );
 
     let out = run(&["call", &addr, "demo", "square", "not json"], b"");
+    assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
     assert!(
         stderr(&out).contains("arguments are not JSON"),
         "{}",
@@ -737,7 +738,7 @@ fn a_refused_connection_is_reported_once() {
         vec!["schema", addr.as_str()],
     ] {
         let out = run(&args, b"");
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(3), "an unreachable peer exits 3");
         let err = stderr(&out);
         assert_eq!(err.matches("os error").count(), 1, "{err}");
         assert_eq!(err.matches("cannot connect to").count(), 1, "{err}");
