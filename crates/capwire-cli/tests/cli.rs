@@ -744,3 +744,13 @@ fn a_refused_connection_is_reported_once() {
         assert_eq!(err.matches("cannot connect to").count(), 1, "{err}");
     }
 }
+
+/// Newline-delimited JSON fed to `frames decode` (length-prefixed by
+/// default) is recognised, and the right flag suggested.
+#[test]
+fn ndjson_input_without_the_flag_suggests_it() {
+    let out = run(&["frames", "decode"], b"{\"hello\":{\"v\":1}}\n");
+    let err = stderr(&out);
+    assert!(err.contains("--framing ndjson"), "{err}");
+    assert!(!err.contains("exceeds the limit"), "{err}");
+}

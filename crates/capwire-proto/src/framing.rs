@@ -47,6 +47,45 @@ pub enum FramingError {
     /// An ndjson frame would contain a newline.
     #[error("a newline-delimited frame cannot contain a raw newline")]
     NewlineInFrame,
+    /// Where a frame's length belongs there is text: the peer speaks
+    /// another protocol (HTTP, a WebSocket handshake) or another framing
+    /// (newline-delimited JSON). `hint` says which, and what to do.
+    #[error("{hint} (the first bytes, {shown}, are not a frame length)")]
+    NotAFrame {
+        /// What the bytes look like, and what to do about it.
+        hint: &'static str,
+        /// The bytes, as text.
+        shown: String,
+    },
+}
+
+/// What four bytes that do not make a plausible length look like, if they
+/// look like something: an HTTP request or response, or JSON text.
+fn misframed(prefix: &[u8]) -> Option<&'static str> {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC",
+    ];
+    if METHODS.iter().any(|m| prefix.starts_with(m)) {
+        return Some(
+            "an HTTP request arrived where length-prefixed capwire/1 frames were expected: \
+             this port speaks raw capwire/1 (use a tcp:// or unix:// client), and WebSocket \
+             clients need the server's ws:// address",
+        );
+    }
+    if prefix.starts_with(b"HTTP") {
+        return Some(
+            "an HTTP response arrived where length-prefixed capwire/1 frames were expected: \
+             the peer is an HTTP or WebSocket server (use its ws:// address)",
+        );
+    }
+    match prefix.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{' | b'[') => Some(
+            "JSON text arrived where length-prefixed frames were expected: \
+             newline-delimited input needs the ndjson framing (`--framing ndjson`), \
+             and WebSocket or capnweb clients need the server's ws:// address",
+        ),
+        _ => None,
+    }
 }
 
 /// Incremental frame splitter for one direction of a byte stream.
@@ -124,6 +163,12 @@ impl FrameDecoder {
         }
         let len = prefix_len(buf);
         if len > self.max_frame_bytes {
+            if let Some(hint) = misframed(&buf[..PREFIX_LEN]) {
+                return Err(FramingError::NotAFrame {
+                    hint,
+                    shown: format!("{:?}", String::from_utf8_lossy(&buf[..PREFIX_LEN])),
+                });
+            }
             return Err(FramingError::TooLarge {
                 len,
                 max: self.max_frame_bytes,
@@ -348,5 +393,30 @@ mod tests {
             encode_frame(Framing::Ndjson, b"a\nb", 8, &mut out),
             Err(FramingError::NewlineInFrame)
         );
+    }
+
+    #[test]
+    fn text_where_a_length_belongs_says_what_it_looks_like() {
+        let mut d = FrameDecoder::new(Framing::LengthPrefixed, 1 << 24);
+        for (input, needle) in [
+            (&b"GET / HTTP/1.1\r\n"[..], "an HTTP request"),
+            (&b"HTTP/1.1 400 Bad Request\r\n"[..], "an HTTP response"),
+            (&b"{\"hello\":{\"v\":1}}\n"[..], "ndjson"),
+            (&b"  [\"push\"]"[..], "ndjson"),
+        ] {
+            let mut buf = BytesMut::from(input);
+            match d.decode(&mut buf) {
+                Err(FramingError::NotAFrame { hint, .. }) => {
+                    assert!(hint.contains(needle), "{hint}")
+                }
+                other => panic!("{input:?}: {other:?}"),
+            }
+        }
+        // A plain oversize length is still `TooLarge`.
+        let mut buf = BytesMut::from(&[0x7f, 0, 0, 0][..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(FramingError::TooLarge { .. })
+        ));
     }
 }

@@ -329,3 +329,49 @@ async fn an_oversize_frame_gets_max_frame_bytes() {
         "{ping:?}"
     );
 }
+
+/// A WebSocket or HTTP client on a raw capwire/1 port: its `GET ` is not read
+/// as a 1.2 GB frame; the session ends saying what arrived and what to use.
+#[tokio::test]
+async fn an_http_request_on_a_raw_port_is_named() {
+    use capwire::transport::{Listener, TransportConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut listener = Listener::bind(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        TransportConfig::default(),
+    )
+    .await
+    .unwrap();
+    let capwire::transport::Address::Tcp(authority) = listener.local_addr().clone() else {
+        panic!("a tcp address")
+    };
+    let mut client = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let t = listener.accept().await.unwrap();
+    let session = Session::new(t, capwire::Registry::new(), SessionConfig::default());
+    let status = within(
+        std::time::Duration::from_secs(5),
+        "the session's end",
+        session.closed(),
+    )
+    .await;
+    assert_eq!(status.reason, Some(Reason::PROTOCOL_VIOLATION), "{status}");
+    assert!(
+        status.message.contains("an HTTP request arrived"),
+        "{status}"
+    );
+    assert!(status.message.contains("ws://"), "{status}");
+    // The client is told too (a goaway it cannot read, then the close).
+    let mut rest = Vec::new();
+    let _ = within(
+        std::time::Duration::from_secs(5),
+        "the close",
+        client.read_to_end(&mut rest),
+    )
+    .await;
+}

@@ -103,7 +103,7 @@ pub async fn serve_forever(
         let (registry, config) = (registry.clone(), config.clone());
         tokio::spawn(async move {
             if let Err(status) = serve(t, registry, config).await {
-                tracing::debug!(%status, "connection not served");
+                server::not_served(&status);
             }
         });
     }
@@ -120,7 +120,13 @@ pub async fn serve(
         .receiver
         .recv()
         .await
-        .map_err(|e| Status::unavailable(format!("the connection failed: {e}")))?
+        .map_err(|e| match e {
+            // The peer speaks another protocol or framing: say which.
+            TransportError::Framing(f @ capwire_proto::FramingError::NotAFrame { .. }) => {
+                Status::protocol_violation(f.to_string())
+            }
+            e => Status::unavailable(format!("the connection failed: {e}")),
+        })?
         .ok_or_else(|| Status::unavailable("the peer closed before its first message"))?;
     let dialect = detect(&first);
     let first_bytes = first.clone();

@@ -96,6 +96,17 @@ pub(super) async fn accept_failed(error: &TransportError) {
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
+/// Logs a connection that could not be served: a peer speaking another
+/// protocol is worth a warning (its message says what arrived), a peer that
+/// left before its first message is not.
+pub(super) fn not_served(status: &capwire_proto::Status) {
+    if status.reason == Some(capwire_proto::Reason::PROTOCOL_VIOLATION) {
+        tracing::warn!(%status, "connection not served");
+    } else {
+        tracing::debug!(%status, "connection not served");
+    }
+}
+
 async fn accept_loop(
     mut listener: Listener,
     registry: Registry,
@@ -137,7 +148,7 @@ async fn accept_loop(
                         served.close().await;
                     }
                 }
-                Err(status) => tracing::debug!(%status, "connection not served"),
+                Err(status) => not_served(&status),
             }
         });
     }

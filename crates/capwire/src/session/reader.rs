@@ -19,6 +19,10 @@ pub(super) fn transport_status(error: TransportError, max_frame_bytes: usize) ->
         TransportError::Framing(capwire_proto::FramingError::TooLarge { .. }) => {
             Status::limit(Reason::MAX_FRAME_BYTES, max_frame_bytes as u64)
         }
+        // The peer speaks another protocol or framing: say which.
+        TransportError::Framing(e @ capwire_proto::FramingError::NotAFrame { .. }) => {
+            Status::protocol_violation(e.to_string())
+        }
         TransportError::ClosedByPeer(reason) => Status::unavailable(format!(
             "the peer closed the connection: {} {}",
             reason.code, reason.message
@@ -47,7 +51,9 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
             Ok(None) => break Status::unavailable("the peer closed the connection"),
             Err(e) => {
                 let status = transport_status(e, shared.sender.max_frame_bytes());
-                if status.code == Code::ResourceExhausted {
+                if status.code == Code::ResourceExhausted
+                    || status.reason == Some(Reason::PROTOCOL_VIOLATION)
+                {
                     shared.fail(status).await;
                     return;
                 }
