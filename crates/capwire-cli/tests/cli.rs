@@ -754,3 +754,32 @@ fn ndjson_input_without_the_flag_suggests_it() {
     assert!(err.contains("--framing ndjson"), "{err}");
     assert!(!err.contains("exceeds the limit"), "{err}");
 }
+
+/// A raw capwire/1 client (tcp://) on a WebSocket port is told, in its own
+/// protocol, to use the ws:// address — not left with "peer closed".
+#[test]
+fn a_tcp_client_on_a_websocket_port_is_told_where_to_go() {
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let authority = addr
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .to_owned();
+    let tcp = format!("tcp://{authority}");
+    let out = run(
+        &[
+            "call",
+            &tcp,
+            "demo",
+            "square",
+            "[2]",
+            "--timeout-ms",
+            "5000",
+        ],
+        b"",
+    );
+    let err = stderr(&out);
+    assert!(err.contains("this port speaks WebSocket"), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+}

@@ -34,6 +34,12 @@ pub(super) struct Head {
 pub(super) async fn read_head(tcp: &mut TcpStream) -> Result<(Head, Bytes), TransportError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
+        if !buf.is_empty() && !could_be_http(&buf) {
+            refuse_raw_capwire(tcp, &buf).await;
+            return Err(TransportError::Unsupported(
+                "a raw capwire/1 client on the WebSocket port (told to use tcp://)".into(),
+            ));
+        }
         if let Some(end) = find(&buf, b"\r\n\r\n") {
             let head = parse(&buf[..end])?;
             return Ok((head, buf.freeze()));
@@ -248,6 +254,57 @@ pub(super) async fn serve(
     }))
 }
 
+/// True while `start` can still be the start of an HTTP request: a method
+/// token of capital letters, then a space.
+fn could_be_http(start: &[u8]) -> bool {
+    let token = start.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    match start.get(token) {
+        None => token == start.len() && token <= 16,
+        Some(b' ') => token > 0,
+        Some(_) => false,
+    }
+}
+
+/// A raw capwire/1 client (length-prefixed frames) reached the WebSocket
+/// port: answer it in its own protocol — a `hello`, then a `goaway` that
+/// says where it should connect — so it reports that rather than a closed
+/// connection.
+async fn refuse_raw_capwire(tcp: &mut TcpStream, first: &[u8]) {
+    use capwire_proto::{codec, framing, Code, Codec, Frame, Goaway, Hello, Reason, Status};
+    use tokio::io::AsyncWriteExt;
+    // The byte after the 4-byte length prefix tells the client's codec.
+    let codec = match first.get(4) {
+        Some(b'{' | b' ' | b'\n' | b'\t' | b'\r') => Codec::Json,
+        _ => Codec::Msgpack,
+    };
+    let status = Status::new(
+        Code::FailedPrecondition,
+        "this port speaks WebSocket and HTTP: connect with its ws:// address; raw capwire/1 \
+         clients (tcp://, unix://) need the server's raw capwire/1 port",
+    )
+    .with_reason(Reason::PROTOCOL_VIOLATION);
+    let frames = [
+        Frame::Hello(Hello::new()),
+        Frame::Goaway(Goaway {
+            status,
+            grace_ms: 0,
+        }),
+    ];
+    let mut out = BytesMut::new();
+    for frame in &frames {
+        if let Ok(bytes) = codec::encode(frame, codec) {
+            let _ = framing::encode_frame(
+                framing::Framing::LengthPrefixed,
+                &bytes,
+                usize::MAX,
+                &mut out,
+            );
+        }
+    }
+    let _ = tcp.write_all(&out).await;
+    let _ = tcp.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +327,14 @@ mod tests {
         assert!(h.upgrade);
         let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked").unwrap();
         assert!(h.chunked);
+    }
+
+    #[test]
+    fn raw_capwire_bytes_are_not_an_http_request() {
+        assert!(super::could_be_http(b"GET / HTTP/1.1"));
+        assert!(super::could_be_http(b"POS"));
+        assert!(!super::could_be_http(&[0, 0, 0, 17, b'{']));
+        assert!(!super::could_be_http(&[0, 0, 0, 9, 0x81]));
+        assert!(!super::could_be_http(b"{\"hello\""));
     }
 }
