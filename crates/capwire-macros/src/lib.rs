@@ -367,7 +367,9 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
         let decode_args = if names.is_empty() {
             quote!(let _ = args;)
         } else {
-            quote!(let (#(#names,)*): (#(#types,)*) = args.to_typed()?;)
+            quote!(let (#(#names,)*): (#(#types,)*) = args
+                .to_typed()
+                .map_err(|s| ::capwire::__private::bad_arguments(#wire, &[#(::core::stringify!(#names)),*], s))?;)
         };
         if m.stream {
             client_methods.push(quote! {

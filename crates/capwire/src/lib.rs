@@ -270,7 +270,8 @@ pub use schemars;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::typed::support::{
-        assert_wire, cap_schema, deserialize_cap, encode_items, serialize_cap, with_context,
+        assert_wire, bad_arguments, cap_schema, deserialize_cap, encode_items, serialize_cap,
+        with_context,
     };
     pub use futures_util::future::BoxFuture;
     pub use serde;

@@ -591,6 +591,27 @@ pub(crate) mod support {
         })
     }
 
+    /// The error for arguments that do not decode as a method's
+    /// parameters: the method, its parameters, and what was wrong, in JSON
+    /// terms.
+    pub fn bad_arguments(
+        method: &str,
+        params: &[&str],
+        status: capwire_proto::Status,
+    ) -> capwire_proto::Status {
+        let what = status
+            .message
+            .replace("a tuple of size", "an array of length")
+            .replace("invalid length", "wrong number of arguments:");
+        capwire_proto::Status::new(
+            capwire_proto::Code::InvalidArgument,
+            format!(
+                "`{method}` takes its arguments as a JSON array [{}]: {what}",
+                params.join(", ")
+            ),
+        )
+    }
+
     /// Turns a typed stream method's items into values.
     pub fn encode_items<T: Serialize + Send + 'static>(items: ItemsOf<T>) -> crate::Items {
         items

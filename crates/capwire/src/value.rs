@@ -83,9 +83,28 @@ impl Value {
     /// sink), and as a `{"$cap": n}` map where `T` holds plain data.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Status> {
         crate::typed::resolving(&self.caps, || {
-            self.payload
-                .decode()
-                .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+            self.payload.decode::<T>().map_err(|e| {
+                // The value's own problem, in the terms of the data (not
+                // of the codec it happened to travel in): a MessagePack
+                // value is decoded again as JSON for serde_json's wording.
+                let message = match e {
+                    capwire_proto::DecodeError::Value {
+                        codec: Codec::Msgpack,
+                        message,
+                    } if message.contains("msgpack") => {
+                        match self.payload.clone().into_codec(Codec::Json) {
+                            Ok(json) => match json.decode::<T>() {
+                                Err(capwire_proto::DecodeError::Value { message, .. }) => message,
+                                _ => message,
+                            },
+                            Err(_) => message,
+                        }
+                    }
+                    capwire_proto::DecodeError::Value { message, .. } => message,
+                    other => other.to_string(),
+                };
+                Status::new(Code::InvalidArgument, in_data_terms(&message))
+            })
         })
     }
 
@@ -126,6 +145,19 @@ impl Value {
             caps: self.caps.clone(),
         }
     }
+}
+
+/// A decoder's message in the terms of the data: no position in a text the
+/// caller never saw, and a capability placeholder called what it is.
+fn in_data_terms(message: &str) -> String {
+    let message = match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(" column ") => &message[..at],
+        _ => message,
+    };
+    message.replace(
+        "struct Placeholder",
+        "a capability (a placeholder {\"$cap\": n})",
+    )
 }
 
 #[cfg(test)]

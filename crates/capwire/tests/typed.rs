@@ -411,3 +411,36 @@ async fn value_new_carries_capability_handles() {
     let refused = capwire::Value::with_caps(&mine, vec![]);
     assert_eq!(refused.unwrap_err().code, capwire::Code::InvalidArgument);
 }
+
+/// Arguments that do not fit a typed method are refused in JSON terms: the
+/// method, its parameters, what was expected and what came — never the name
+/// of the codec they travelled in.
+#[tokio::test]
+async fn wrong_arguments_are_explained_in_json_terms() {
+    let (registry, _h) = registry();
+    let p = pair(Kind::Mem, registry).await;
+    let calc = CalcClient::bootstrap(&p.client).await.unwrap();
+    let cap = capwire::typed::Client::cap(&calc).clone();
+    for (args, wanted) in [
+        (serde_json::json!(7), "expected an array of length 1"),
+        (
+            serde_json::json!(["seven"]),
+            "invalid type: string \"seven\"",
+        ),
+        (serde_json::json!([1, 2]), "expected 1"),
+    ] {
+        let err = cap
+            .call("square", capwire::Value::new(&args).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, capwire::Code::InvalidArgument);
+        assert!(
+            err.message
+                .starts_with("`square` takes its arguments as a JSON array [n]"),
+            "{err}"
+        );
+        assert!(err.message.contains(wanted), "{args}: {err}");
+        assert!(!err.message.contains("msgpack"), "{err}");
+        assert!(!err.message.contains(" at line "), "{err}");
+    }
+}
