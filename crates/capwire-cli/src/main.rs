@@ -21,6 +21,7 @@ macro_rules! out {
 
 mod demo;
 mod phases;
+mod signatures;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -83,9 +84,10 @@ enum Command {
         address: String,
         /// The served name to bootstrap.
         name: String,
-        /// The method.
-        method: String,
-        /// The arguments as one JSON value (usually an array).
+        /// The method; without one, the served interface's methods are listed.
+        method: Option<String>,
+        /// The arguments: a JSON array in parameter order, or an object of
+        /// arguments by parameter name.
         #[arg(default_value = "[]")]
         args: String,
         /// Give up after this many milliseconds: connecting, bootstrapping
@@ -231,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &address,
                 &name,
                 version.as_deref(),
-                &method,
+                method.as_deref(),
                 &args,
                 timeout_ms,
             )
@@ -274,11 +276,11 @@ async fn call(
     address: &str,
     name: &str,
     version: Option<&str>,
-    method: &str,
+    method: Option<&str>,
     args: &str,
     timeout_ms: u64,
 ) -> anyhow::Result<ExitCode> {
-    let args: serde_json::Value = serde_json::from_str(args)
+    let mut args: serde_json::Value = serde_json::from_str(args)
         .map_err(|e| Usage(format!("arguments are not JSON: {args} ({e})")))?;
     let addr: transport::Address = address.parse()?;
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
@@ -294,6 +296,48 @@ async fn call(
         capwire::Registry::new(),
         capwire::SessionConfig::default(),
     );
+    // The interface's schema: to list its methods, to turn named arguments
+    // into positional ones, and to suggest a method for a typo.
+    let interface = async {
+        let listed = session.runtime().call_with(
+            "schemas",
+            Value::null(),
+            capwire::CallOptions::timeout(phases.call_deadline()),
+        );
+        let schemas: serde_json::Value = phases
+            .run("asking for the schemas at", listed)
+            .await
+            .ok()?
+            .ok()?
+            .decode()
+            .ok()?;
+        signatures::Interface::find(&schemas, name)
+    };
+    let Some(method) = method else {
+        let listing = interface.await;
+        phases.run("closing", session.close()).await.ok();
+        return match listing {
+            Some(interface) => {
+                out!("{}", interface.listing());
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Err(Usage(format!(
+                "`{name}` at {address} lists no methods (it is not served, or has no schema): \
+                 name a method"
+            ))
+            .into()),
+        };
+    };
+    let interface = if args.is_object() {
+        interface.await
+    } else {
+        None
+    };
+    if let Some(interface) = &interface {
+        if let Some(list) = interface.positional(method, &args).map_err(Usage)? {
+            args = list;
+        }
+    }
     let outcome = async {
         let cap = phases
             .run("bootstrapping at", session.bootstrap(name, version))
@@ -305,6 +349,41 @@ async fn call(
         Ok::<_, anyhow::Error>(phases.run("waiting for the call at", call).await??)
     }
     .await;
+    // An unknown method: the nearest names the interface has.
+    let suggestion = match &outcome {
+        Err(e)
+            if e.downcast_ref::<Status>()
+                .is_some_and(|s| s.code == capwire::Code::Unimplemented) =>
+        {
+            let interface = match interface {
+                Some(i) => Some(i),
+                None => {
+                    let listed = session.runtime().call_with(
+                        "schemas",
+                        Value::null(),
+                        capwire::CallOptions::timeout(phases.call_deadline()),
+                    );
+                    match phases.run("asking for the schemas at", listed).await {
+                        Ok(Ok(v)) => v
+                            .decode::<serde_json::Value>()
+                            .ok()
+                            .and_then(|s| signatures::Interface::find(&s, name)),
+                        _ => None,
+                    }
+                }
+            };
+            interface.map(|i| {
+                let near = i.nearest(method);
+                let mut text = String::new();
+                if !near.is_empty() {
+                    text.push_str(&format!("did you mean `{}`?\n", near.join("`, `")));
+                }
+                text.push_str(&i.listing());
+                text
+            })
+        }
+        _ => None,
+    };
     phases.run("closing", session.close()).await.ok();
     let outcome = match outcome {
         Ok(value) => Ok(value),
@@ -325,6 +404,9 @@ async fn call(
             eprintln!("capwire: {status}");
             if let Some(details) = &status.details {
                 eprintln!("details: {details:?}");
+            }
+            if let Some(suggestion) = suggestion {
+                eprint!("{suggestion}");
             }
             Ok(ExitCode::from(
                 if status.code == capwire::Code::Unavailable {

@@ -783,3 +783,44 @@ fn a_tcp_client_on_a_websocket_port_is_told_where_to_go() {
     assert!(err.contains("this port speaks WebSocket"), "{err}");
     assert_eq!(out.status.code(), Some(3), "{err}");
 }
+
+/// `capwire call ADDR NAME` lists the methods with their signatures;
+/// arguments go by parameter name too; a typo gets "did you mean".
+#[test]
+fn call_lists_methods_takes_named_arguments_and_suggests() {
+    let (_server, addr) = demo_server();
+    let out = run(&["call", &addr, "demo"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("square(n: integer) -> integer"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("makeStream(n: integer) -> stream of integer"),
+        "{listing}"
+    );
+
+    let out = run(&["call", &addr, "demo", "square", r#"{"n": 7}"#], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "49");
+
+    let out = run(&["call", &addr, "demo", "sqare", "[3]"], b"");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("did you mean `square`?"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &["call", &addr, "demo", "incrementCounter", r#"{"by": 1}"#],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("missing argument `counter`"),
+        "{}",
+        stderr(&out)
+    );
+}
