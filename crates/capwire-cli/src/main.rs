@@ -97,6 +97,11 @@ enum Command {
         /// Require this version of the served name.
         #[arg(long)]
         version: Option<String>,
+        /// Call a stream method: print each item as one JSON line as it
+        /// comes (credit is given back as items are printed). A stream
+        /// method called without it is retried as a stream.
+        #[arg(long)]
+        stream: bool,
     },
     /// Print the interfaces a peer serves, as JSON Schema or TypeScript.
     Schema {
@@ -228,16 +233,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             args,
             timeout_ms,
             version,
+            stream,
         } => {
-            call(
-                &address,
-                &name,
-                version.as_deref(),
-                method.as_deref(),
-                &args,
-                timeout_ms,
-            )
-            .await
+            let target = Target {
+                address: &address,
+                name: &name,
+                version: version.as_deref(),
+            };
+            call(target, method.as_deref(), &args, timeout_ms, stream).await
         }
         Command::Schema {
             address,
@@ -272,14 +275,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `capwire call`: bootstraps `name` at `address` and calls `method`.
+/// The served name a `call` goes to.
+struct Target<'a> {
+    address: &'a str,
+    name: &'a str,
+    version: Option<&'a str>,
+}
+
 async fn call(
-    address: &str,
-    name: &str,
-    version: Option<&str>,
+    target: Target<'_>,
     method: Option<&str>,
     args: &str,
     timeout_ms: u64,
+    stream: bool,
 ) -> anyhow::Result<ExitCode> {
+    let Target {
+        address,
+        name,
+        version,
+    } = target;
     let mut args: serde_json::Value = serde_json::from_str(args)
         .map_err(|e| Usage(format!("arguments are not JSON: {args} ({e})")))?;
     let addr: transport::Address = address.parse()?;
@@ -344,9 +358,20 @@ async fn call(
             .await??;
         // The call carries what is left as its deadline, so the server
         // stops working on it when this side stops waiting.
-        let options = capwire::CallOptions::timeout(phases.call_deadline());
-        let call = cap.call_with(method, capwire::Value::new(&args)?, options);
-        Ok::<_, anyhow::Error>(phases.run("waiting for the call at", call).await??)
+        let value = capwire::Value::new(&args)?;
+        if !stream {
+            let options = capwire::CallOptions::timeout(phases.call_deadline());
+            let call = cap.call_with(method, value.clone(), options);
+            match phases.run("waiting for the call at", call).await? {
+                // A stream method called plainly: call it as a stream.
+                Err(s) if s.message.contains("is a stream method") => {}
+                other => return Ok::<_, anyhow::Error>(Some(other?)),
+            }
+        }
+        let options = capwire::StreamOptions::default().timeout(phases.call_deadline());
+        let items = cap.call_stream_with(method, value, options);
+        phases.run("streaming from", print_items(items)).await??;
+        Ok(None)
     }
     .await;
     // An unknown method: the nearest names the interface has.
@@ -393,7 +418,9 @@ async fn call(
         },
     };
     match outcome {
-        Ok(value) => {
+        // A stream: its items were printed as they came.
+        Ok(None) => Ok(ExitCode::SUCCESS),
+        Ok(Some(value)) => {
             outln!("{}", serde_json::to_string_pretty(&value.to_json()?)?);
             if !value.caps().is_empty() {
                 eprintln!("capwire: the result holds {} capabilities (`{{\"$cap\": n}}`), released on exit", value.caps().len());
@@ -601,4 +628,15 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         }
     }
     exit::LOCAL
+}
+
+/// Prints a stream's items, one JSON line each, as they come; taking each
+/// item from the stream is what gives credit back to the server.
+async fn print_items(mut items: capwire::ItemStream) -> Result<(), Status> {
+    use futures_util::StreamExt;
+    while let Some(item) = items.next().await {
+        let json = item?.to_json()?;
+        outln!("{json}");
+    }
+    Ok(())
 }

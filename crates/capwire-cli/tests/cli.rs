@@ -824,3 +824,22 @@ fn call_lists_methods_takes_named_arguments_and_suggests() {
         stderr(&out)
     );
 }
+
+/// A stream method from the command line: one JSON line per item, with or
+/// without `--stream` (without, the plain call is retried as a stream).
+#[test]
+fn call_prints_a_stream_item_by_item() {
+    let (_server, addr) = demo_server();
+    for extra in [None, Some("--stream")] {
+        let mut args = vec!["call", addr.as_str(), "demo", "makeStream", "[40]"];
+        args.extend(extra);
+        let out = run(&args, b"");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let want: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        assert_eq!(lines, want, "{extra:?}");
+    }
+}
