@@ -1,4 +1,4 @@
-//! Status codes and error reasons shared by every dialect (DESIGN.md §4).
+//! Status codes and error reasons shared by every dialect.
 
 use std::borrow::Cow;
 use std::fmt;

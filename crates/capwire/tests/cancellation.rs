@@ -1,5 +1,5 @@
 //! Cancellation: dropping a call future cancels the handler at the callee and,
-//! transitively, the calls that handler made (DESIGN.md §3, protocol [S21]).
+//! transitively, the calls that handler made (protocol [S21]).
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Closing: `Session::close` lets calls in flight finish within the grace
 //! period and fails the rest `unavailable`; a peer's `goaway` stops new
 //! calls; a peer that vanishes fails everything pending `unavailable`
-//! (DESIGN.md §3 "Goaway / close", protocol [S24]).
+//! (protocol [S24]).
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Deadlines: the caller enforces its timeout locally, the callee stops the
 //! handler after the deadline plus a grace period (unless the method is
 //! idempotent), and calls made by a handler inherit its remaining budget
-//! (DESIGN.md §3, protocol [S17]). Time is the paused tokio clock.
+//! (protocol [S17]). Time is the paused tokio clock.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Events and stats: subscribers see bootstraps, calls (with outcome and
 //! duration), revocations, errors and the end; a subscriber that never reads
 //! does not slow the session; `stats()` counts frames, bytes and calls
-//! (DESIGN.md §3 "Events and stats").
+//! (docs/architecture.md, "Events and stats").
 
 mod common;
 

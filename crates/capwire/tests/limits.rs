@@ -1,6 +1,6 @@
 //! Per-connection limits, one test each: exceeding one answers
 //! `resource_exhausted` with a reason naming it, the connection stays up, and
-//! memory does not grow while limits are being hit (DESIGN.md §3 "Limits",
+//! memory does not grow while limits are being hit (docs/architecture.md "Limits",
 //! protocol [S2], [S18]).
 
 mod common;

@@ -1,5 +1,5 @@
 //! The bootstrap policy: denials, failing and panicking policies, and the
-//! attestation a policy decides on (DESIGN.md §3 "Policy").
+//! attestation a policy decides on (docs/architecture.md, "Bootstrap and revocation").
 
 mod common;
 

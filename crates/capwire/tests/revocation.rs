@@ -1,7 +1,7 @@
 //! Revocation and the registry: unserving revokes live instances, pending
 //! calls fail `failed_precondition/revoked`, later calls fail without a round
 //! trip; `replace`, `if_exists`, the reserved prefix and `serve_all`
-//! atomicity (DESIGN.md §3, protocol [S23]).
+//! atomicity (protocol [S23]).
 
 mod common;
 

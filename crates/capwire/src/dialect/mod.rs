@@ -1,5 +1,5 @@
 //! Dialects: the protocols a capwire listener speaks, told apart by the
-//! peer's first message (DESIGN §5 "one port, every client").
+//! peer's first message: one port, every client.
 //!
 //! - a capwire/1 `hello` (a JSON object or a MessagePack map): a native
 //!   [`Session`];

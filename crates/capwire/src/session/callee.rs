@@ -38,7 +38,7 @@ pub(super) struct Answered {
 /// Polls `fut` once here, and spawns it only if it has to wait.
 ///
 /// Answers start in the order the reader started them, and a handler that
-/// completes without waiting is answered on the reader's task (DESIGN §6: no
+/// completes without waiting is answered on the reader's task (no
 /// thread hop on the hot path). A future that returns `Pending` must have
 /// registered the waker of *this* poll; the spawned task polls it again
 /// first thing, which registers its own.
@@ -144,7 +144,7 @@ impl Shared {
 
     /// A call on an object: the handler's future is polled once here, in
     /// the call's scope. One that completes is answered on the spot, with no
-    /// task, box or timer beyond the handler's own (DESIGN §6); one that
+    /// task, box or timer beyond the handler's own; one that
     /// waits becomes a task, supervised for cancellation and its deadline.
     pub(super) fn start_call(self: &Arc<Self>, start: StartAnswer, object: Arc<dyn Object>) {
         let StartAnswer {

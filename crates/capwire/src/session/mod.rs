@@ -1,6 +1,6 @@
 //! The Session: one connection, either side, over any transport.
 //!
-//! A session owns the four tables of DESIGN.md §3 — exports, imports,
+//! A session owns the four tables of the protocol — exports, imports,
 //! questions, answers — and a reader task that turns incoming frames into
 //! table operations. Locks are held only for table lookups, never across
 //! `.await` or I/O; handlers run as their own tasks.

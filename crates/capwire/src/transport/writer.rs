@@ -1,5 +1,5 @@
 //! The writer task: one per connection, draining every queued frame into a
-//! single write (DESIGN.md §6). Under load frames coalesce; when idle a lone
+//! single write. Under load frames coalesce; when idle a lone
 //! frame goes out at once, with no timer and no added latency.
 
 use std::io::IoSlice;
