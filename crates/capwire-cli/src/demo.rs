@@ -368,13 +368,18 @@ pub(crate) async fn tour(listen: &Address) -> anyhow::Result<()> {
     );
 
     let stats = session.stats();
+    let calls: Vec<String> = stats
+        .calls
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect();
     outln!(
-        "\nclient stats        {} frames / {} bytes out, {} frames / {} bytes in, calls {:?}",
+        "\nclient stats        {} frames / {} bytes out, {} frames / {} bytes in; calls: {}",
         stats.frames_out,
         stats.bytes_out,
         stats.frames_in,
         stats.bytes_in,
-        stats.calls
+        calls.join(", ")
     );
     session.close().await;
     outln!("closed");

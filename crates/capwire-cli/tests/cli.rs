@@ -151,6 +151,7 @@ fn demo_tour_runs_every_step() {
         "error deadline_exceeded",
         "failed_precondition/revoked",
         "(failed locally: true)",
+        "calls: ok ",
         "closed",
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
