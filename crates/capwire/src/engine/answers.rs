@@ -396,7 +396,7 @@ impl<H: AnswerHost> Answers<H> {
 
     /// Empties the table, handing the entries back to be stopped and
     /// dropped outside the lock.
-    pub(crate) fn clear(&mut self, _why: &Status) -> Vec<Answer<H>> {
+    pub(crate) fn clear(&mut self) -> Vec<Answer<H>> {
         self.pending_pipelined = 0;
         self.entries.drain().map(|(_, a)| a).collect()
     }

@@ -80,7 +80,7 @@ pub(crate) trait Host: AnswerHost {
     fn cap_at(&self, value: &Self::Value, path: &[PathSeg]) -> Result<Self::Cap, Status>;
     /// A capability that resolves when kept answer `answer` settles, and what
     /// waits in that answer's queue to resolve it.
-    fn promise(&self, answer: u64, path: Vec<PathSeg>) -> (Self::Cap, Self::Waiting);
+    fn promise(&self, answer: u64) -> (Self::Cap, Self::Waiting);
     /// A received value: its payload and the capabilities its descriptors became.
     fn value(&self, payload: Payload, caps: Vec<Self::Cap>) -> Self::Value;
     /// An outgoing value's payload and capabilities.
@@ -319,7 +319,7 @@ impl<H: Host> Core<H> {
                     Some(value) => value_at(&self.host, value, &path),
                     None => {
                         self.check_pending_pipelined()?;
-                        let (cap, waiting) = self.host.promise(id, path.clone());
+                        let (cap, waiting) = self.host.promise(id);
                         self.answers.enqueue(id, path, waiting);
                         Ok(cap)
                     }
@@ -331,19 +331,21 @@ impl<H: Host> Core<H> {
     /// Hands back the introductions of a value nobody will receive: the
     /// `release` frames to send.
     pub(crate) fn unwanted(caps: &[CapDescriptor]) -> Vec<Release> {
-        let mut releases: Vec<Release> = Vec::new();
+        // Counted in a map: a value may carry many descriptors, and the
+        // peer chooses how many.
+        let mut counts: id_map::IdMap<u32> = id_map::IdMap::default();
         for d in caps {
             if let CapDescriptor::Export(id) = d {
-                if *id == BOOTSTRAP_CAP || *id == RUNTIME_CAP {
-                    continue;
-                }
-                match releases.iter_mut().find(|r| r.cap == *id) {
-                    Some(r) => r.n = r.n.saturating_add(1),
-                    None => releases.push(Release { cap: *id, n: 1 }),
+                if *id != BOOTSTRAP_CAP && *id != RUNTIME_CAP {
+                    let n = counts.entry(*id).or_default();
+                    *n = n.saturating_add(1);
                 }
             }
         }
-        releases
+        counts
+            .into_iter()
+            .map(|(cap, n)| Release { cap, n })
+            .collect()
     }
 
     /// The import handle of capability `id` (the peer's bootstrap and runtime
@@ -617,7 +619,7 @@ impl<H: Host> Core<H> {
             return None;
         }
         self.phase = Phase::Ended(status.clone());
-        let answers = self.answers.clear(&status);
+        let answers = self.answers.clear();
         self.exports.clear();
         self.imports.clear();
         Some(Ended {

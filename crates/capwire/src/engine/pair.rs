@@ -87,7 +87,7 @@ impl Host for Test {
             .cloned()
             .ok_or_else(|| Status::new(Code::InvalidArgument, "no such capability"))
     }
-    fn promise(&self, answer: u64, _path: Vec<PathSeg>) -> (Cap, Waiting) {
+    fn promise(&self, answer: u64) -> (Cap, Waiting) {
         (Cap::Promise(answer), Waiting::Promise)
     }
     fn value(&self, payload: Payload, caps: Vec<Cap>) -> Val {

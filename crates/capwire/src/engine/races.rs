@@ -484,3 +484,22 @@ fn releases_are_counted() {
         "the revoked entry is gone once released"
     );
 }
+
+/// The introductions of a value nobody receives go back as one `release`
+/// per id with its count; ids 0 and 1 are never released; a value with
+/// many descriptors is counted in one pass.
+#[test]
+fn unwanted_introductions_are_counted_per_id() {
+    let caps: Vec<CapDescriptor> = (0..50_000u64)
+        .map(|i| CapDescriptor::Export(2 + i % 3))
+        .chain([
+            CapDescriptor::Export(0),
+            CapDescriptor::Export(1),
+            CapDescriptor::Import(9),
+        ])
+        .collect();
+    let mut releases = Core::<Test>::unwanted(&caps);
+    releases.sort_by_key(|r| r.cap);
+    let counts: Vec<(u64, u32)> = releases.iter().map(|r| (r.cap, r.n)).collect();
+    assert_eq!(counts, vec![(2, 16_667), (3, 16_667), (4, 16_666)]);
+}

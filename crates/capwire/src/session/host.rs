@@ -123,7 +123,7 @@ impl Host for Live {
         value.payload.cap_at(path).and_then(|n| value.cap(n))
     }
 
-    fn promise(&self, answer: u64, _path: Vec<PathSeg>) -> (Capability, Queued) {
+    fn promise(&self, answer: u64) -> (Capability, Queued) {
         let answer = Arc::new(AnswerRef::new(answer, self.session.clone()));
         (
             Capability {

@@ -406,11 +406,12 @@ impl Inner {
             if st.ended.is_some() {
                 return;
             }
-            st.ended = Some(status.clone());
-            st.exports.clear();
-            // Dropping the waiters tells them the session ended.
-            drop(st.pushes.clear(&status));
-            std::mem::take(&mut st.waiting)
+            st.ended = Some(status);
+            // Taken out and dropped after the lock: what they hold may be
+            // the peer's stubs, whose drop takes the lock. Dropping the
+            // pushes' waiters tells them the session ended.
+            let exports = std::mem::take(&mut st.exports);
+            (exports, st.pushes.clear(), std::mem::take(&mut st.waiting))
         };
         drop(waiting);
         self.closed.cancel();
