@@ -75,13 +75,14 @@ pub fn context() -> Option<CallContext> {
 }
 
 thread_local! {
-    /// Capabilities met while serializing a typed value.
-    static OUTGOING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
+    /// Capabilities met while serializing values, the innermost
+    /// capture's last (captures nest when a `Serialize` impl encodes a value).
+    static OUTGOING: RefCell<Vec<Capability>> = const { RefCell::new(Vec::new()) };
+    /// Where the innermost capture's capabilities start in `OUTGOING`;
+    /// `None` outside any capture.
+    static MARK: Cell<Option<usize>> = const { Cell::new(None) };
     /// The capability table of the value being deserialized.
     static INCOMING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
-    /// Set when a handle was met with no table to put it in (or take it
-    /// from): the encode or decode is then run again with one.
-    static WANTED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// True if no table is set up in `slot` (the common case: not nested).
@@ -115,24 +116,40 @@ fn swap_in(
     }
 }
 
-/// Runs `encode` with a table for the capabilities it meets: what
-/// [`Value::new`] and [`Value::encode`] use, so handles inside any value
-/// become placeholders. Most values hold no handle: they are encoded once,
-/// with no table; a value that meets one is encoded again with a table.
-pub(crate) fn capturing<R, E>(
-    encode: impl Fn() -> Result<R, E>,
-) -> (Result<R, E>, Vec<Capability>) {
-    if unset(&OUTGOING) {
-        WANTED.with(|w| w.set(false));
-        let first = encode();
-        if first.is_ok() || !WANTED.with(Cell::get) {
-            return (first, Vec::new());
-        }
+/// Ends a capture: the outer capture's mark comes back, and whatever this
+/// one left in `OUTGOING` goes (also when the encoder panics).
+struct Capture {
+    mark: usize,
+    outer: Option<usize>,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        MARK.with(|m| m.set(self.outer));
+        OUTGOING.with(|s| s.borrow_mut().truncate(self.mark));
     }
-    let restore = swap_in(&OUTGOING, Vec::new());
+}
+
+/// Runs `encode` collecting the capabilities it meets: what [`Value::new`]
+/// and [`Value::encode`] use, so handles inside any value become
+/// placeholders. One pass; a value with no handle costs two thread-local
+/// reads and allocates nothing.
+pub(crate) fn capturing<R>(encode: impl FnOnce() -> R) -> (R, Vec<Capability>) {
+    let mark = OUTGOING.with(|s| s.borrow().len());
+    let capture = Capture {
+        mark,
+        outer: MARK.with(|m| m.replace(Some(mark))),
+    };
     let out = encode();
-    let caps = OUTGOING.with(|s| s.borrow_mut().take()).unwrap_or_default();
-    drop(restore);
+    let caps = OUTGOING.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() > mark {
+            s.split_off(mark)
+        } else {
+            Vec::new()
+        }
+    });
+    drop(capture);
     (out, caps)
 }
 
@@ -504,7 +521,9 @@ pub(crate) mod support {
     use serde::ser::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{ItemsOf, Wire, CONTEXT, INCOMING, OUTGOING, WANTED};
+    use std::cell::Cell;
+
+    use super::{ItemsOf, Wire, CONTEXT, INCOMING, MARK, OUTGOING};
     use crate::capability::Capability;
     use crate::object::CallContext;
     use crate::value::Value;
@@ -530,10 +549,11 @@ pub(crate) mod support {
         cap: &Capability,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        let n = OUTGOING.with(|s| {
-            s.borrow_mut().as_mut().map(|caps| {
+        let n = MARK.with(Cell::get).map(|mark| {
+            OUTGOING.with(|s| {
+                let mut caps = s.borrow_mut();
                 caps.push(cap.clone());
-                caps.len() - 1
+                caps.len() - 1 - mark
             })
         });
         match n {
@@ -545,12 +565,9 @@ pub(crate) mod support {
                 }
                 Placeholder { n }.serialize(serializer)
             }
-            None => {
-                WANTED.with(|w| w.set(true));
-                Err(S::Error::custom(
-                    "a capability can only be encoded inside a capwire value (Value::new)",
-                ))
-            }
+            None => Err(S::Error::custom(
+                "a capability can only be encoded inside a capwire value (Value::new)",
+            )),
         }
     }
 

@@ -444,3 +444,43 @@ async fn wrong_arguments_are_explained_in_json_terms() {
         assert!(!err.message.contains(" at line "), "{err}");
     }
 }
+
+/// Captures nest: a `Serialize` impl that encodes a value of its own while
+/// being encoded keeps its handles apart from the outer value's, and the
+/// outer placeholders still count from 0.
+#[test]
+fn nested_encodes_keep_their_own_capabilities() {
+    struct Outer {
+        first: CounterClient,
+        inner: CounterClient,
+        last: CounterClient,
+    }
+    impl serde::Serialize for Outer {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeSeq};
+            let nested = capwire::Value::new(&(&self.inner,)).map_err(S::Error::custom)?;
+            assert_eq!(
+                nested.caps().len(),
+                1,
+                "the nested value has its own handle"
+            );
+            let mut seq = s.serialize_seq(Some(3))?;
+            seq.serialize_element(&self.first)?;
+            seq.serialize_element(&nested.to_json().map_err(S::Error::custom)?)?;
+            seq.serialize_element(&self.last)?;
+            seq.end()
+        }
+    }
+    let counter = |n| CounterClient::from_impl(MyCounter(AtomicI64::new(n)));
+    let value = capwire::Value::new(&Outer {
+        first: counter(1),
+        inner: counter(2),
+        last: counter(3),
+    })
+    .unwrap();
+    assert_eq!(value.caps().len(), 2, "only the outer value's own handles");
+    assert_eq!(
+        value.to_json().unwrap(),
+        serde_json::json!([{ "$cap": 0 }, [{ "$cap": 0 }], { "$cap": 1 }])
+    );
+}
