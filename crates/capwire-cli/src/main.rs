@@ -296,37 +296,11 @@ async fn call(
     } = target;
     let mut args: serde_json::Value = serde_json::from_str(args)
         .map_err(|e| Usage(format!("arguments are not JSON: {args} ({e})")))?;
-    let addr: transport::Address = address.parse()?;
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    let t = phases
-        .run(
-            "connecting to",
-            transport::connect(&addr, &TransportConfig::default()),
-        )
-        .await?
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    let session = capwire::Session::new(
-        t,
-        capwire::Registry::new(),
-        capwire::SessionConfig::default(),
-    );
+    let session = connect(&phases, address).await?;
     // The interface's schema: to list its methods, to turn named arguments
     // into positional ones, and to suggest a method for a typo.
-    let interface = async {
-        let listed = session.runtime().call_with(
-            "schemas",
-            Value::null(),
-            capwire::CallOptions::timeout(phases.call_deadline()),
-        );
-        let schemas: serde_json::Value = phases
-            .run("asking for the schemas at", listed)
-            .await
-            .ok()?
-            .ok()?
-            .decode()
-            .ok()?;
-        signatures::Interface::find(&schemas, name)
-    };
+    let interface = interface_of(&session, &phases, name);
     let Some(method) = method else {
         let listing = interface.await;
         phases.run("closing", session.close()).await.ok();
@@ -382,20 +356,7 @@ async fn call(
         {
             let interface = match interface {
                 Some(i) => Some(i),
-                None => {
-                    let listed = session.runtime().call_with(
-                        "schemas",
-                        Value::null(),
-                        capwire::CallOptions::timeout(phases.call_deadline()),
-                    );
-                    match phases.run("asking for the schemas at", listed).await {
-                        Ok(Ok(v)) => v
-                            .decode::<serde_json::Value>()
-                            .ok()
-                            .and_then(|s| signatures::Interface::find(&s, name)),
-                        _ => None,
-                    }
-                }
+                None => interface_of(&session, &phases, name).await,
             };
             interface.map(|i| {
                 let near = i.nearest(method);
@@ -531,27 +492,11 @@ async fn encode(codec: Codec, framing: Framing) -> anyhow::Result<ExitCode> {
 /// `capwire schema ADDRESS [--ts]`: asks the peer's runtime capability for
 /// the interfaces it serves.
 async fn schema(address: &str, ts: bool, timeout_ms: u64) -> anyhow::Result<ExitCode> {
-    let addr: Address = address.parse()?;
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    let t = phases
-        .run(
-            "connecting to",
-            transport::connect(&addr, &TransportConfig::default()),
-        )
+    let session = connect(&phases, address).await?;
+    let schemas = list_schemas(&session, &phases)
         .await?
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    let session = Session::new(t, Registry::new(), SessionConfig::default());
-    let listed = session.runtime().call_with(
-        "schemas",
-        Value::null(),
-        capwire::CallOptions::timeout(phases.call_deadline()),
-    );
-    let schemas: serde_json::Value = phases
-        .run("asking for the schemas at", listed)
-        .await?
-        .map_err(|s| anyhow::anyhow!("the peer did not list its schemas: {s}"))?
-        .decode()
-        .map_err(|s| anyhow::anyhow!("bad schema list: {s}"))?;
+        .map_err(|s| anyhow::anyhow!("the peer did not list its schemas: {s}"))?;
     phases.run("closing", session.close()).await.ok();
     if ts {
         out!("{}", capwire::typescript::declarations(&schemas));
@@ -639,4 +584,41 @@ async fn print_items(mut items: capwire::ItemStream) -> Result<(), Status> {
         outln!("{json}");
     }
     Ok(())
+}
+
+/// Connects to `address` within the command's time, as a session.
+async fn connect(phases: &Phases, address: &str) -> anyhow::Result<Session> {
+    let addr: Address = address.parse()?;
+    let t = phases
+        .run(
+            "connecting to",
+            transport::connect(&addr, &TransportConfig::default()),
+        )
+        .await?
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    Ok(Session::new(t, Registry::new(), SessionConfig::default()))
+}
+
+/// The peer's served interfaces (its runtime capability's `schemas`).
+async fn list_schemas(
+    session: &Session,
+    phases: &Phases,
+) -> Result<Result<serde_json::Value, Status>, phases::TimedOut> {
+    let listed = session.runtime().call_with(
+        "schemas",
+        Value::null(),
+        capwire::CallOptions::timeout(phases.call_deadline()),
+    );
+    let listed = phases.run("asking for the schemas at", listed).await?;
+    Ok(listed.and_then(|v| v.decode()))
+}
+
+/// The interface served as `name`, if the peer lists one.
+async fn interface_of(
+    session: &Session,
+    phases: &Phases,
+    name: &str,
+) -> Option<signatures::Interface> {
+    let schemas = list_schemas(session, phases).await.ok()?.ok()?;
+    signatures::Interface::find(&schemas, name)
 }

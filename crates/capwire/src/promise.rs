@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::capability::{call_local, local_context, CapKind, Capability, Destination};
 use crate::object::PipelineAt;
-use crate::session::{CallScope, OutCall, PlainCall, Shared};
+use crate::session::{CallScope, OutCall, PlainCall, Shared, WireTarget};
 use crate::value::Value;
 
 /// A call that may not have been sent yet. Await it for the result; call
@@ -210,6 +210,26 @@ impl PromiseCore {
 }
 
 impl PendingCall {
+    /// The call as it goes on the wire to `to`, and the target's handle,
+    /// which the caller keeps alive until the call is answered.
+    pub(crate) fn on_wire(self, to: &WireTarget) -> (OutCall<'_>, Capability) {
+        let PendingCall {
+            target,
+            method,
+            args,
+            deadline,
+            scope,
+        } = self;
+        let call = OutCall {
+            target: to,
+            method,
+            args,
+            deadline,
+            scope,
+        };
+        (call, target)
+    }
+
     /// Starts the call as a plain call: inline for an import and arguments
     /// without capabilities, else as a boxed future.
     fn start_plain(self) -> Wait {
@@ -218,21 +238,8 @@ impl PendingCall {
                 let Some(shared) = remote.session.upgrade() else {
                     return Wait::Ready(Some(Err(Status::unavailable("the connection is closed"))));
                 };
-                let to = crate::session::WireTarget::Cap(remote.id);
-                let PendingCall {
-                    target,
-                    method,
-                    args,
-                    deadline,
-                    scope,
-                } = self;
-                let call = OutCall {
-                    target: &to,
-                    method,
-                    args,
-                    deadline,
-                    scope,
-                };
+                let to = WireTarget::Cap(remote.id);
+                let (call, target) = self.on_wire(&to);
                 return match shared.start_plain(call, Some(target)) {
                     Ok(call) => Wait::Plain(call),
                     Err(status) => Wait::Ready(Some(Err(status))),
@@ -245,32 +252,27 @@ impl PendingCall {
     /// Sends the call as a plain call and waits for its result.
     pub(crate) fn run_plain(self) -> BoxFuture<'static, Result<Value, Status>> {
         async move {
-            let PendingCall {
-                target,
-                method,
-                args,
-                deadline,
-                scope,
-            } = self;
-            // `target` (and so any answer it names) lives until this returns.
-            let destination = match target.destination_now() {
+            let destination = match self.target.destination_now() {
                 Some(d) => d,
-                None => target.destination().await,
+                None => self.target.destination().await,
             };
             match destination? {
                 Destination::Wire(shared, to) => {
-                    let call = OutCall {
-                        target: &to,
-                        method,
-                        args,
-                        deadline,
-                        scope,
-                    };
+                    // The target (and so any answer it names) lives until
+                    // the call is answered.
+                    let (call, _target) = self.on_wire(&to);
                     shared.call_plain(call).await
                 }
                 // Boxed: the future of a wire call, the common case, need
                 // not carry the local call's timer.
                 Destination::Local(object) => {
+                    let PendingCall {
+                        method,
+                        args,
+                        deadline,
+                        scope,
+                        ..
+                    } = self;
                     Box::pin(call_local(object, &method, args, deadline, scope)).await
                 }
             }
@@ -295,22 +297,9 @@ impl PendingCall {
             Ok(Destination::Local(_)) => None,
             Err(status) => return Sent::Deferred(future::ready(Err(status)).boxed().shared()),
         };
-        let PendingCall {
-            target,
-            method,
-            args,
-            deadline,
-            scope,
-        } = self;
         match wire {
             Some((shared, to)) => {
-                let call = OutCall {
-                    target: &to,
-                    method,
-                    args,
-                    deadline,
-                    scope,
-                };
+                let (call, target) = self.on_wire(&to);
                 match shared.call_kept(call, target).await {
                     Ok(kept) => Sent::Kept(kept),
                     Err(status) => Sent::Deferred(future::ready(Err(status)).boxed().shared()),
@@ -319,14 +308,7 @@ impl PendingCall {
             None => {
                 // Nothing to pipeline on the wire: compute the result here and
                 // let pipelined calls wait for it.
-                let call = PendingCall {
-                    target,
-                    method,
-                    args,
-                    deadline,
-                    scope,
-                };
-                let shared = call.run_plain().shared();
+                let shared = self.run_plain().shared();
                 // Started now, so that it runs even if only pipelined calls wait for it.
                 tokio::spawn(shared.clone().map(drop));
                 Sent::Deferred(shared)

@@ -31,7 +31,7 @@ use tokio::time::Sleep;
 use crate::capability::{call_stream_local, Capability, Destination};
 use crate::object::{CallContext, Items, Methods, Object};
 use crate::promise::{PendingCall, Promise};
-use crate::session::{OutCall, RemoteItems};
+use crate::session::RemoteItems;
 use crate::value::Value;
 
 /// The default number of items a stream receiver grants up front.
@@ -104,30 +104,26 @@ impl ItemStream {
 /// Sends the stream call to wherever its target lives.
 fn open(call: PendingCall, window: Option<u32>) -> BoxFuture<'static, Result<Opened, Status>> {
     async move {
-        let PendingCall {
-            target,
-            method,
-            args,
-            deadline,
-            scope,
-        } = call;
-        match target.destination().await? {
+        match call.target.destination().await? {
             Destination::Wire(shared, to) => {
-                let call = OutCall {
-                    target: &to,
+                let (out, target) = call.on_wire(&to);
+                shared
+                    .open_stream(out, window, vec![target])
+                    .await
+                    .map(Opened::Remote)
+            }
+            Destination::Local(object) => {
+                let PendingCall {
                     method,
                     args,
                     deadline,
                     scope,
-                };
-                shared
-                    .open_stream(call, window, vec![target])
+                    ..
+                } = call;
+                call_stream_local(object, &method, args, deadline, scope)
                     .await
-                    .map(Opened::Remote)
+                    .map(Opened::Local)
             }
-            Destination::Local(object) => call_stream_local(object, &method, args, deadline, scope)
-                .await
-                .map(Opened::Local),
         }
     }
     .boxed()
