@@ -129,7 +129,7 @@ pub async fn serve(
         })?
         .ok_or_else(|| Status::unavailable("the peer closed before its first message"))?;
     let dialect = detect(&first);
-    let first_bytes = first.clone();
+    let codec = capwire_proto::Codec::detect(&first).ok();
     transport.receiver.unread(first);
     match dialect {
         Dialect::Native => {
@@ -137,7 +137,7 @@ pub async fn serve(
             // (protocol.md [S1]); a first frame in no codec meets the
             // decoder, which reports it.
             let mut session = config.session;
-            if let Ok(codec) = capwire_proto::Codec::detect(&first_bytes) {
+            if let Some(codec) = codec {
                 session.codec = codec;
             }
             Ok(Served::Native(Session::new(transport, registry, session)))
