@@ -5,7 +5,7 @@
 //! and how a capability inside a typed value is written (`{"$cap": n}`, with
 //! the capability in the value's table).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -75,12 +75,13 @@ pub fn context() -> Option<CallContext> {
 }
 
 thread_local! {
-    /// Capabilities met while serializing values, the innermost
-    /// capture's last (captures nest when a `Serialize` impl encodes a value).
-    static OUTGOING: RefCell<Vec<Capability>> = const { RefCell::new(Vec::new()) };
-    /// Where the innermost capture's capabilities start in `OUTGOING`;
-    /// `None` outside any capture.
-    static MARK: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Capabilities met while serializing values (see [`Captures`]).
+    static OUTGOING: RefCell<Captures> = const {
+        RefCell::new(Captures {
+            mark: None,
+            caps: Vec::new(),
+        })
+    };
     /// The capability table of the value being deserialized.
     static INCOMING: RefCell<Option<Vec<Capability>>> = const { RefCell::new(None) };
 }
@@ -116,41 +117,71 @@ fn swap_in(
     }
 }
 
-/// Ends a capture: the outer capture's mark comes back, and whatever this
-/// one left in `OUTGOING` goes (also when the encoder panics).
+/// The capabilities met while serializing values, innermost capture last
+/// (captures nest when a `Serialize` impl encodes a value of its own).
+struct Captures {
+    /// Where the innermost capture's capabilities start in `caps`; `None`
+    /// outside any capture.
+    mark: Option<usize>,
+    caps: Vec<Capability>,
+}
+
+/// One capture: ends it (the outer mark back, its capabilities taken) when
+/// finished, or drops what it left if the encoder panicked.
 struct Capture {
     mark: usize,
     outer: Option<usize>,
+    done: bool,
+}
+
+impl Capture {
+    fn start() -> Capture {
+        let (mark, outer) = OUTGOING.with(|c| {
+            let mut c = c.borrow_mut();
+            let mark = c.caps.len();
+            (mark, c.mark.replace(mark))
+        });
+        Capture {
+            mark,
+            outer,
+            done: false,
+        }
+    }
+
+    fn finish(mut self) -> Vec<Capability> {
+        self.done = true;
+        OUTGOING.with(|c| {
+            let mut c = c.borrow_mut();
+            c.mark = self.outer;
+            if c.caps.len() > self.mark {
+                c.caps.split_off(self.mark)
+            } else {
+                Vec::new()
+            }
+        })
+    }
 }
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        MARK.with(|m| m.set(self.outer));
-        OUTGOING.with(|s| s.borrow_mut().truncate(self.mark));
+        if !self.done {
+            OUTGOING.with(|c| {
+                let mut c = c.borrow_mut();
+                c.mark = self.outer;
+                c.caps.truncate(self.mark);
+            });
+        }
     }
 }
 
 /// Runs `encode` collecting the capabilities it meets: what [`Value::new`]
 /// and [`Value::encode`] use, so handles inside any value become
 /// placeholders. One pass; a value with no handle costs two thread-local
-/// reads and allocates nothing.
+/// accesses and allocates nothing.
 pub(crate) fn capturing<R>(encode: impl FnOnce() -> R) -> (R, Vec<Capability>) {
-    let mark = OUTGOING.with(|s| s.borrow().len());
-    let capture = Capture {
-        mark,
-        outer: MARK.with(|m| m.replace(Some(mark))),
-    };
+    let capture = Capture::start();
     let out = encode();
-    let caps = OUTGOING.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() > mark {
-            s.split_off(mark)
-        } else {
-            Vec::new()
-        }
-    });
-    drop(capture);
-    (out, caps)
+    (out, capture.finish())
 }
 
 /// Runs `decode` with `caps` as the table placeholders refer to: what
@@ -521,9 +552,7 @@ pub(crate) mod support {
     use serde::ser::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use std::cell::Cell;
-
-    use super::{ItemsOf, Wire, CONTEXT, INCOMING, MARK, OUTGOING};
+    use super::{ItemsOf, Wire, CONTEXT, INCOMING, OUTGOING};
     use crate::capability::Capability;
     use crate::object::CallContext;
     use crate::value::Value;
@@ -549,12 +578,11 @@ pub(crate) mod support {
         cap: &Capability,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        let n = MARK.with(Cell::get).map(|mark| {
-            OUTGOING.with(|s| {
-                let mut caps = s.borrow_mut();
-                caps.push(cap.clone());
-                caps.len() - 1 - mark
-            })
+        let n = OUTGOING.with(|c| {
+            let mut c = c.borrow_mut();
+            let mark = c.mark?;
+            c.caps.push(cap.clone());
+            Some(c.caps.len() - 1 - mark)
         });
         match n {
             Some(n) => {
