@@ -161,9 +161,16 @@ impl Drop for StopReport {
 /// Accepts connections on `listener` forever, each served in the dialect its
 /// peer speaks (capwire/1, or capnweb with the demo as its main object).
 pub(crate) async fn serve(listener: Listener, registry: Registry) -> anyhow::Result<()> {
+    Ok(dialect::serve_forever(listener, registry, serve_config()).await?)
+}
+
+/// How the demo is served: capnweb peers get the demo as their main
+/// object, JSON-RPC peers the demo's JSON-RPC face.
+fn serve_config() -> ServeConfig {
     let mut config = ServeConfig::default();
     config.capnweb_main = Some(NAME.to_owned());
-    Ok(dialect::serve_forever(listener, registry, config).await?)
+    config.jsonrpc = crate::demo_rpc::config();
+    config
 }
 
 /// `capwire demo serve`: serves the demo until interrupted. `stdio:` serves
@@ -185,8 +192,7 @@ pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
     }
     let listener = Listener::bind(listen, TransportConfig::default()).await?;
     outln!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
-    let mut config = ServeConfig::default();
-    config.capnweb_main = Some(NAME.to_owned());
+    let config = serve_config();
     let grace = config.session.close_grace;
     let server = Server::start(listener, registry, config);
     shutdown_signal().await?;

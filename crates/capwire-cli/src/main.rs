@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod demo;
+mod demo_rpc;
 mod phases;
 mod signatures;
 

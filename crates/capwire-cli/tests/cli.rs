@@ -844,3 +844,15 @@ fn call_prints_a_stream_item_by_item() {
         assert_eq!(lines, want, "{extra:?}");
     }
 }
+
+/// The npm `json-rpc-2.0` package drives the demo's JSON-RPC face over
+/// WebSocket (the server calling the client back, notifications both
+/// ways, batches, bad input) and over HTTP POST on the same port.
+#[test]
+fn json_rpc_2_0_client_against_the_demo() {
+    let Some(dir) = interop() else { return };
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let text = run_script(&dir, "jsonrpc/client.mjs", &addr);
+    assert!(text.contains("ok   callMeBack"), "{text}");
+    assert!(text.contains("ok   http: batch"), "{text}");
+}

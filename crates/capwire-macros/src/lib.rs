@@ -32,7 +32,9 @@ use syn::{
 /// Attribute arguments: `version = "…"` (required), `name = "…"` (the name
 /// it is served under; the trait's name by default). Method attributes, as
 /// `#[capwire(…)]`: `idempotent`, `stream` (the method returns
-/// `Result<capwire::typed::ItemsOf<T>, Status>`), `timeout_ms = N` (the
+/// `Result<capwire::typed::ItemsOf<T>, Status>`), `item = "…"` (a stream's
+/// items as JSON-RPC notifications of that method), `notification` (sent
+/// without an answer; returns `Result<(), Status>`), `timeout_ms = N` (the
 /// client's default deadline), `name = "…"` (the wire name; by default the
 /// method's name in camelCase).
 #[proc_macro_attribute]
@@ -75,6 +77,11 @@ struct Method {
     /// The `T` of `Result<T, Status>` (for streams, of `ItemsOf<T>`).
     output: Type,
     stream: bool,
+    /// Sent without waiting for an answer (a JSON-RPC notification).
+    notification: bool,
+    /// Stream methods: the JSON-RPC method of the notifications that carry
+    /// its items (the method's own wire name by default).
+    item: Option<String>,
     idempotent: bool,
     timeout_ms: Option<u64>,
     attrs: Vec<syn::Attribute>,
@@ -216,6 +223,8 @@ fn parse_method(f: &mut syn::TraitItemFn) -> syn::Result<Method> {
         });
     }
     let mut stream = false;
+    let mut notification = false;
+    let mut item = None;
     let mut idempotent = false;
     let mut timeout_ms = None;
     let mut wire = camel_case(&sig.ident.to_string());
@@ -228,6 +237,11 @@ fn parse_method(f: &mut syn::TraitItemFn) -> syn::Result<Method> {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("stream") {
                 stream = true;
+            } else if meta.path.is_ident("notification") {
+                notification = true;
+            } else if meta.path.is_ident("item") {
+                let lit: LitStr = meta.value()?.parse()?;
+                item = Some(lit.value());
             } else if meta.path.is_ident("idempotent") {
                 idempotent = true;
             } else if meta.path.is_ident("timeout_ms") {
@@ -238,7 +252,7 @@ fn parse_method(f: &mut syn::TraitItemFn) -> syn::Result<Method> {
                 wire = lit.value();
             } else {
                 return Err(meta.error(
-                    "unknown capwire method attribute: expected `stream`, `idempotent`, `timeout_ms = N` or `name = \"…\"`",
+                    "unknown capwire method attribute: expected `stream`, `notification`, `item = \"…\"`, `idempotent`, `timeout_ms = N` or `name = \"…\"`",
                 ));
             }
             Ok(())
@@ -246,6 +260,24 @@ fn parse_method(f: &mut syn::TraitItemFn) -> syn::Result<Method> {
     }
     f.attrs = attrs.clone();
     let ok = result_ok_type(&sig.output, sig.ident.span())?;
+    if notification && stream {
+        return Err(syn::Error::new(
+            sig.ident.span(),
+            "a method is a `stream` or a `notification`, not both",
+        ));
+    }
+    if item.is_some() && !stream {
+        return Err(syn::Error::new(
+            sig.ident.span(),
+            "`item = \"…\"` names the notifications of a stream method's items: add `stream`",
+        ));
+    }
+    if notification && !matches!(&ok, Type::Tuple(t) if t.elems.is_empty()) {
+        return Err(syn::Error::new(
+            sig.output.span(),
+            "a notification has no answer: it returns `Result<(), Status>`",
+        ));
+    }
     let output = if stream { stream_item_type(&ok)? } else { ok };
     Ok(Method {
         ident: sig.ident.clone(),
@@ -253,6 +285,8 @@ fn parse_method(f: &mut syn::TraitItemFn) -> syn::Result<Method> {
         params,
         output,
         stream,
+        notification,
+        item,
         idempotent,
         timeout_ms,
         attrs,
@@ -396,6 +430,26 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
                     ))
                 }),
             });
+        } else if m.notification {
+            client_methods.push(quote! {
+                #(#attrs)*
+                ///
+                /// A notification: sent without waiting for an answer (it fails
+                /// only if the arguments cannot be encoded or the connection is gone).
+                pub fn #ident(&self, #(#names: #types),*) -> ::core::result::Result<(), ::capwire::Status> {
+                    self.cap.notify(#wire, #args_value?)
+                }
+            });
+            call_arms.push(quote! {
+                #wire => {
+                    let imp = self.0.clone();
+                    ::std::boxed::Box::pin(::capwire::__private::with_context(ctx, async move {
+                        #decode_args
+                        imp.#ident(#(#names),*).await?;
+                        ::capwire::Value::from_typed(&())
+                    }))
+                }
+            });
         } else {
             client_methods.push(quote! {
                 #(#attrs)*
@@ -417,7 +471,17 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
         if m.idempotent {
             idempotent.push(wire.clone());
         }
-        let kind = if m.stream { "stream" } else { "call" };
+        let kind = if m.stream {
+            "stream"
+        } else if m.notification {
+            "notification"
+        } else {
+            "call"
+        };
+        let item = match &m.item {
+            Some(item) => quote!(#p::serde_json::json!(#item)),
+            None => quote!(#p::serde_json::Value::Null),
+        };
         let is_idem = m.idempotent;
         let timeout = match m.timeout_ms {
             Some(ms) => quote!(#p::serde_json::json!(#ms)),
@@ -437,6 +501,7 @@ fn expand(args: InterfaceArgs, mut item: ItemTrait) -> syn::Result<Tokens> {
                 "result": generator.subschema_for::<#output>(),
                 "idempotent": #is_idem,
                 "timeout_ms": #timeout,
+                "item": #item,
             }));
         });
     }

@@ -1,5 +1,6 @@
-//! Splitting byte streams into frames: u32 big-endian length prefixes, or
-//! newline-delimited JSON for stdio peers that speak it.
+//! Splitting byte streams into frames: u32 big-endian length prefixes,
+//! newline-delimited JSON for stdio peers that speak it, or LSP-style
+//! `Content-Length` header blocks.
 //!
 //! The size limit is checked against the announced (or accumulated) length
 //! before any buffer grows to hold the frame, so a peer cannot make the
@@ -22,6 +23,10 @@ pub enum Framing {
     /// Each frame is one line of JSON ending in `\n` (a trailing `\r` is ignored,
     /// blank lines are skipped). Only the JSON codec can be carried this way.
     Ndjson,
+    /// Each frame is preceded by a header block as the Language Server
+    /// Protocol frames its messages: `Content-Length: N\r\n`, other headers
+    /// (ignored), an empty line, then `N` bytes.
+    ContentLength,
 }
 
 /// A framing failure. After one, the stream is out of sync and must be closed.
@@ -44,6 +49,10 @@ pub enum FramingError {
         /// Bytes the frame needed (for ndjson: unknown, reported as `have + 1`).
         need: usize,
     },
+    /// A `Content-Length` header block is malformed (no length, a length
+    /// that is not a number, or a block over its size bound).
+    #[error("bad Content-Length header block: {0}")]
+    BadHeader(&'static str),
     /// An ndjson frame would contain a newline.
     #[error("a newline-delimited frame cannot contain a raw newline")]
     NewlineInFrame,
@@ -125,6 +134,7 @@ impl FrameDecoder {
         match self.framing {
             Framing::LengthPrefixed => self.decode_prefixed(buf),
             Framing::Ndjson => self.decode_line(buf),
+            Framing::ContentLength => self.decode_headed(buf),
         }
     }
 
@@ -140,6 +150,14 @@ impl FrameDecoder {
                 Ok(None)
             }
             Framing::Ndjson => Err(FramingError::Truncated {
+                have: buf.len(),
+                need: buf.len() + 1,
+            }),
+            Framing::ContentLength if buf.iter().all(|b| b.is_ascii_whitespace()) => {
+                buf.clear();
+                Ok(None)
+            }
+            Framing::ContentLength => Err(FramingError::Truncated {
                 have: buf.len(),
                 need: buf.len() + 1,
             }),
@@ -217,6 +235,56 @@ impl FrameDecoder {
     }
 }
 
+/// Longest `Content-Length` header block accepted.
+const MAX_HEADER_BLOCK: usize = 8 * 1024;
+
+impl FrameDecoder {
+    fn decode_headed(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        // Blank lines between messages are tolerated.
+        let blank = buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        buf.advance(blank);
+        let searched = buf.len().min(MAX_HEADER_BLOCK + 4);
+        let Some(end) = buf[..searched].windows(4).position(|w| w == b"\r\n\r\n") else {
+            if buf.len() > MAX_HEADER_BLOCK {
+                return Err(FramingError::BadHeader("header block over 8 KiB"));
+            }
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(&buf[..end])
+            .map_err(|_| FramingError::BadHeader("header block is not UTF-8"))?;
+        let mut len = None;
+        for line in head.split("\r\n") {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(FramingError::BadHeader("a header line without `:`"));
+            };
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                let n: usize = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| FramingError::BadHeader("Content-Length is not a number"))?;
+                len = Some(n);
+            }
+        }
+        let len = len.ok_or(FramingError::BadHeader("no Content-Length header"))?;
+        if len > self.max_frame_bytes {
+            return Err(FramingError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        let total = end + 4 + len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(end + 4);
+        Ok(Some(buf.split_to(len).freeze()))
+    }
+}
+
 fn prefix_len(buf: &[u8]) -> usize {
     let mut prefix = [0u8; PREFIX_LEN];
     prefix.copy_from_slice(&buf[..PREFIX_LEN]);
@@ -273,6 +341,12 @@ pub fn encode_frame(
             out.put_slice(frame);
             out.put_u8(b'\n');
         }
+        Framing::ContentLength => {
+            let head = format!("Content-Length: {}\r\n\r\n", frame.len());
+            out.reserve(head.len() + frame.len());
+            out.put_slice(head.as_bytes());
+            out.put_slice(frame);
+        }
     }
     Ok(())
 }
@@ -303,6 +377,55 @@ mod tests {
         }
         assert_eq!(got, vec![&b"hello"[..], &b""[..], &b"world!"[..]]);
         assert_eq!(dec.decode_eof(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn content_length_frames_split_byte_by_byte_and_bad_heads_fail() {
+        let mut wire = BytesMut::new();
+        for f in [&b"{\"a\":1}"[..], b"", b"x\ny"] {
+            encode_frame(Framing::ContentLength, f, 64, &mut wire).expect("encode");
+        }
+        // Another header is ignored; a blank line between messages is skipped.
+        wire.put_slice(b"\r\nContent-Type: application/json\r\ncontent-length: 2\r\n\r\n[]");
+        let mut dec = FrameDecoder::new(Framing::ContentLength, 64);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in wire.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = dec.decode(&mut buf).expect("decode") {
+                got.push(f);
+            }
+        }
+        assert_eq!(
+            got,
+            vec![&b"{\"a\":1}"[..], &b""[..], &b"x\ny"[..], &b"[]"[..]]
+        );
+        assert_eq!(dec.decode_eof(&mut buf), Ok(None));
+        for (bad, want) in [
+            (&b"Content-Length: x\r\n\r\n"[..], "not a number"),
+            (b"Content-Type: a\r\n\r\n", "no Content-Length"),
+            (b"nonsense\r\n\r\n", "without"),
+        ] {
+            let mut buf = BytesMut::from(bad);
+            let err = dec.decode(&mut buf).expect_err("bad head");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        let mut buf = BytesMut::from(&b"Content-Length: 65\r\n\r\n"[..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(FramingError::TooLarge { len: 65, max: 64 })
+        );
+        let mut buf = BytesMut::from(&vec![b'a'; MAX_HEADER_BLOCK + 1][..]);
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(FramingError::BadHeader(_))
+        ));
+        let mut buf = BytesMut::from(&b"Content-Length: 5\r\n\r\nab"[..]);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        assert!(matches!(
+            dec.decode_eof(&mut buf),
+            Err(FramingError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum TransportKind {
     WebSocket,
     /// One HTTP batch request (capnweb's `POST` of newline-separated messages).
     HttpBatch,
+    /// One JSON-RPC HTTP request (a `POST` with `Content-Type:
+    /// application/json`): its body is a request or a batch.
+    HttpJsonRpc,
     /// This process's own stdin/stdout.
     Stdio,
     /// The stdin/stdout of a child process this side spawned.

@@ -46,7 +46,7 @@ pub(crate) enum CapKind {
 }
 
 impl CapKind {
-    fn local_object(&self) -> Option<&Arc<dyn Object>> {
+    pub(crate) fn local_object(&self) -> Option<&Arc<dyn Object>> {
         match self {
             CapKind::Local(o) | CapKind::Served { object: o, .. } => Some(o),
             _ => None,
@@ -192,6 +192,38 @@ impl Capability {
             deadline,
             scope,
         }
+    }
+
+    /// The object behind a local capability.
+    pub(crate) fn local_object(&self) -> Option<&Arc<dyn Object>> {
+        self.kind.local_object()
+    }
+
+    /// Sends `method` as a notification: no answer is awaited. To a
+    /// JSON-RPC peer it is a JSON-RPC notification; anywhere else the call
+    /// runs in a task of its own and its answer (or failure) is only logged.
+    /// Fails at once only when there is no Tokio runtime to run it on, or
+    /// the peer's connection is gone.
+    pub fn notify(&self, method: &str, args: Value) -> Result<(), Status> {
+        if let Some(object) = self.kind.local_object() {
+            if let Some(sent) = object.clone().notify(method, &args) {
+                return sent;
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Status::new(
+                Code::FailedPrecondition,
+                "a notification needs a Tokio runtime to run on",
+            )
+        })?;
+        let promise = self.call(method, args);
+        let method = method.to_owned();
+        runtime.spawn(async move {
+            if let Err(status) = promise.await {
+                tracing::debug!(%method, %status, "a notification failed");
+            }
+        });
+        Ok(())
     }
 
     /// Calls a stream method: the items arrive under credit flow control

@@ -94,6 +94,14 @@ pub trait Object: Send + Sync + 'static {
         async move { Err(status) }.boxed()
     }
 
+    /// Sends `method` as a notification, for objects that stand for a peer
+    /// with notifications of its own (a JSON-RPC peer). `None`, the
+    /// default, lets [`Capability::notify`] run the call and drop its answer.
+    fn notify(self: Arc<Self>, method: &str, args: &Value) -> Option<Result<(), Status>> {
+        let _ = (method, args);
+        None
+    }
+
     /// The interface's schema (methods, parameters, results as JSON Schema),
     /// for objects made by [`interface`](crate::interface); served by the
     /// runtime capability's `schemas` and `capwire schema`.

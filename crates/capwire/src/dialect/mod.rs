@@ -3,10 +3,15 @@
 //!
 //! - a capwire/1 `hello` (a JSON object or a MessagePack map): a native
 //!   [`Session`];
-//! - a JSON array: [`capnweb`], with the served object named by
-//!   [`ServeConfig::capnweb_main`] as the peer's main object.
+//! - a JSON array of capnweb messages: [`capnweb`], with the served object
+//!   named by [`ServeConfig::capnweb_main`] as the peer's main object;
+//! - a JSON object with a `jsonrpc` member, or a batch of them: [`jsonrpc`]
+//!   (also every `POST` with `Content-Type: application/json`, and on a
+//!   WebSocket a first message that is not JSON at all, which gets a
+//!   JSON-RPC parse error).
 
 pub mod capnweb;
+pub mod jsonrpc;
 mod server;
 
 pub use server::Server;
@@ -29,6 +34,9 @@ pub struct ServeConfig {
     /// The served name a capnweb peer gets as its main object; when `None`,
     /// the registry's only served name (capnweb has no bootstrap by name).
     pub capnweb_main: Option<String>,
+    /// For JSON-RPC peers: the separator, error classes, limits, and
+    /// optionally a registry per connection.
+    pub jsonrpc: jsonrpc::JsonRpcConfig,
 }
 
 /// A connection being served, in the dialect its peer speaks.
@@ -38,6 +46,8 @@ pub enum Served {
     Native(Session),
     /// A capnweb session.
     Capnweb(capnweb::CapnwebSession),
+    /// A JSON-RPC session.
+    JsonRpc(jsonrpc::JsonRpcSession),
 }
 
 impl Served {
@@ -46,6 +56,7 @@ impl Served {
         match self {
             Served::Native(s) => s.is_closed(),
             Served::Capnweb(s) => s.is_closed(),
+            Served::JsonRpc(s) => s.is_closed(),
         }
     }
 
@@ -56,6 +67,7 @@ impl Served {
         match self {
             Served::Native(s) => s.close().await,
             Served::Capnweb(s) => s.close().await,
+            Served::JsonRpc(s) => s.close().await,
         }
     }
 }
@@ -65,18 +77,32 @@ impl Served {
 pub enum Dialect {
     /// capwire/1, either codec.
     Native,
-    /// capnweb (a JSON array).
+    /// capnweb (a JSON array of messages).
     Capnweb,
+    /// JSON-RPC 2.0.
+    JsonRpc,
 }
 
-/// Tells the dialect from the first frame a peer sent.
+/// Tells the dialect from the first frame a peer sent (on a transport that
+/// is not a WebSocket: text that is not JSON goes to the native decoder,
+/// which reports it).
 pub fn detect(first: &[u8]) -> Dialect {
-    match first
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-    {
+    let start = first.iter().find(|b| !b.is_ascii_whitespace());
+    match start {
+        Some(b'{' | b'[') if jsonrpc::looks_like(first) => Dialect::JsonRpc,
         Some(b'[') => Dialect::Capnweb,
         _ => Dialect::Native,
+    }
+}
+
+/// [`detect`], knowing the transport: on a WebSocket (and in a JSON-RPC
+/// HTTP request) any text that is neither capwire/1 nor capnweb is JSON-RPC.
+pub fn detect_on(kind: crate::attestation::TransportKind, first: &[u8]) -> Dialect {
+    use crate::attestation::TransportKind;
+    match kind {
+        TransportKind::HttpJsonRpc => Dialect::JsonRpc,
+        TransportKind::WebSocket if jsonrpc::looks_like(first) => Dialect::JsonRpc,
+        _ => detect(first),
     }
 }
 
@@ -128,7 +154,7 @@ pub async fn serve(
             e => Status::unavailable(format!("the connection failed: {e}")),
         })?
         .ok_or_else(|| Status::unavailable("the peer closed before its first message"))?;
-    let dialect = detect(&first);
+    let dialect = detect_on(transport.attestation.transport, &first);
     let codec = capwire_proto::Codec::detect(&first).ok();
     transport.receiver.unread(first);
     match dialect {
@@ -148,6 +174,14 @@ pub async fn serve(
                 transport,
                 main,
                 config.session.limits,
+            )))
+        }
+        Dialect::JsonRpc => {
+            let registry = config.jsonrpc.per_connection.is_none().then_some(registry);
+            Ok(Served::JsonRpc(jsonrpc::JsonRpcSession::accept(
+                transport,
+                registry,
+                config.jsonrpc,
             )))
         }
     }

@@ -1,7 +1,9 @@
-//! HTTP on the WebSocket port: an upgrade becomes a WebSocket; a `POST` is
-//! capnweb's HTTP batch (research note §2.13) — its body's lines are the
-//! messages of one short session, and the response holds the session's
-//! messages, joined by `\n`. Other methods get `405`.
+//! HTTP on the WebSocket port: an upgrade becomes a WebSocket; a `POST`
+//! with `Content-Type: application/json` is one JSON-RPC request or batch
+//! (its response is the body, `204` when there is none); any other `POST`
+//! is capnweb's HTTP batch — its body's lines are the messages of one short
+//! session, and the response holds the session's messages, joined by `\n`.
+//! Other methods get `405`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -27,6 +29,8 @@ pub(super) struct Head {
     pub(super) content_length: Option<usize>,
     pub(super) chunked: bool,
     pub(super) origin: Option<String>,
+    /// `Content-Type: application/json` (any parameters).
+    pub(super) json: bool,
 }
 
 /// Reads the request head. Returns it and everything read so far (the head
@@ -76,6 +80,7 @@ fn parse(head: &[u8]) -> Result<Head, TransportError> {
         content_length: None,
         chunked: false,
         origin: None,
+        json: false,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -87,6 +92,10 @@ fn parse(head: &[u8]) -> Result<Head, TransportError> {
             "content-length" => head.content_length = value.parse().ok(),
             "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
             "origin" => head.origin = Some(value.to_owned()),
+            "content-type" => {
+                let media = value.split(';').next().unwrap_or_default().trim();
+                head.json = media.eq_ignore_ascii_case("application/json");
+            }
             _ => {}
         }
     }
@@ -143,8 +152,18 @@ async fn respond(
     extra: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
+    respond_typed(tcp, status, "text/plain;charset=UTF-8", extra, body).await
+}
+
+async fn respond_typed(
+    tcp: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     tcp.write_all(head.as_bytes()).await?;
@@ -166,7 +185,7 @@ pub(super) async fn serve(
             &mut tcp,
             "405 Method Not Allowed",
             "Allow: POST\r\n",
-            b"capnweb batch requests are POSTs\n",
+            b"JSON-RPC requests and capnweb batches are POSTs\n",
         )
         .await
         .map_err(TransportError::Io)?;
@@ -205,6 +224,15 @@ pub(super) async fn serve(
         }
     }
     body.truncate(len);
+    if head.json {
+        return Ok(Some(json_rpc(
+            tcp,
+            head,
+            body.freeze(),
+            attestation,
+            config,
+        )));
+    }
     let lines: Vec<Bytes> = body
         .freeze()
         .split(|b| *b == b'\n')
@@ -252,6 +280,49 @@ pub(super) async fn serve(
         sender,
         attestation,
     }))
+}
+
+/// One JSON-RPC request or batch: the body is the transport's one frame;
+/// what the session sends is the response (`204` when it sends nothing).
+fn json_rpc(
+    mut tcp: TcpStream,
+    head: Head,
+    body: Bytes,
+    mut attestation: Attestation,
+    config: &TransportConfig,
+) -> Transport {
+    let (in_tx, in_rx) = mpsc::channel(1);
+    let _ = in_tx.try_send(Outgoing::Frame(body));
+    drop(in_tx);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(config.queue_frames.max(1));
+    tokio::spawn(async move {
+        let mut body = None;
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                // One request, one response: the first frame is the answer.
+                Outgoing::Frame(frame) => {
+                    body.get_or_insert(frame);
+                }
+                Outgoing::Close(_) => break,
+            }
+        }
+        let written = match body {
+            Some(body) => respond_typed(&mut tcp, "200 OK", "application/json", "", &body).await,
+            None => respond_typed(&mut tcp, "204 No Content", "application/json", "", b"").await,
+        };
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "JSON-RPC HTTP response not written");
+        }
+    });
+    let sender = FrameSender::new(out_tx, config.max_frame_bytes);
+    attestation.transport = TransportKind::HttpJsonRpc;
+    attestation.path = Some(head.path);
+    attestation.origin = head.origin;
+    Transport {
+        receiver: FrameReceiver::new(ReceiverInner::Mem(in_rx), sender.clone()),
+        sender,
+        attestation,
+    }
 }
 
 /// True while `start` can still be the start of an HTTP request: a method
