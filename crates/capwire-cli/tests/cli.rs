@@ -856,3 +856,134 @@ fn json_rpc_2_0_client_against_the_demo() {
     assert!(text.contains("ok   callMeBack"), "{text}");
     assert!(text.contains("ok   http: batch"), "{text}");
 }
+
+/// Python clients no one here wrote: the standard library over HTTP POST,
+/// PyPI `websockets` over WebSocket (installed from
+/// `interop/python/requirements.txt` by the README's test command; without
+/// it the test fails unless `CAPWIRE_SKIP_PYTHON=1`).
+#[test]
+fn python_clients_against_the_demo() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/python");
+    let probe = Command::new("python3")
+        .args(["-c", "import websockets"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        if std::env::var_os("CAPWIRE_SKIP_PYTHON").is_some() {
+            eprintln!("skipping: CAPWIRE_SKIP_PYTHON is set");
+            return;
+        }
+        panic!("python3 with `websockets` is needed: python3 -m pip install -r interop/python/requirements.txt");
+    }
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let out = Command::new("python3")
+        .arg(dir.join("client.py"))
+        .arg(&addr)
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("ok   ws: callMeBack"), "{text}");
+}
+
+/// capwire's JSON-RPC client against a server written with the npm
+/// `json-rpc-2.0` package: typed calls (params by name), its custom error
+/// code read back as a registered error class, notifications both ways in
+/// order, and the JS server calling the Rust client back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_against_a_json_rpc_2_0_server() {
+    use capwire::dialect::jsonrpc::{ErrorClass, ErrorClasses, JsonRpcConfig, JsonRpcSession};
+    use capwire::transport::{self, TransportConfig};
+    use capwire::{Registry, Status};
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct OutOfStock {
+        sku: String,
+    }
+    impl ErrorClass for OutOfStock {
+        const CODE: i64 = 1001;
+        const NAME: &'static str = "OutOfStock";
+        fn message(&self) -> String {
+            format!("{} is out of stock", self.sku)
+        }
+    }
+
+    #[capwire::interface(name = "shop", version = "1.0")]
+    trait Shop {
+        async fn price(&self, sku: String, qty: i64) -> Result<i64, Status>;
+        async fn buy(&self, sku: String) -> Result<(), Status>;
+        #[capwire(notification)]
+        async fn note(&self, tag: String) -> Result<(), Status>;
+        async fn notes(&self) -> Result<Vec<String>, Status>;
+        async fn ask_back(&self, x: i64) -> Result<i64, Status>;
+    }
+
+    #[capwire::interface(name = "client", version = "1.0")]
+    trait Client {
+        async fn double(&self, x: i64) -> Result<i64, Status>;
+        #[capwire(notification)]
+        async fn progress(&self, pct: u64) -> Result<(), Status>;
+    }
+
+    struct Me(Arc<Mutex<Vec<u64>>>);
+    impl Client for Me {
+        async fn double(&self, x: i64) -> Result<i64, Status> {
+            Ok(2 * x)
+        }
+        async fn progress(&self, pct: u64) -> Result<(), Status> {
+            self.0.lock().unwrap().push(pct);
+            Ok(())
+        }
+    }
+
+    let Some(dir) = interop() else { return };
+    let mut child = Command::new("node")
+        .arg(dir.join("jsonrpc/server.mjs"))
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let registry = Registry::new();
+    registry
+        .serve_interface(ClientServer::new(Me(progress.clone())))
+        .unwrap()
+        .forget();
+    let t = transport::connect(&addr.parse().unwrap(), &TransportConfig::default())
+        .await
+        .expect("connect");
+    let config = JsonRpcConfig::new().errors(ErrorClasses::new().register::<OutOfStock>());
+    let session = JsonRpcSession::connect(t, registry, config);
+    let shop: ShopClient = session.peer().client("shop");
+    assert_eq!(shop.price("A1".into(), 3).await.unwrap(), 750);
+    let err = shop.buy("B2".into()).await.unwrap_err();
+    assert_eq!(
+        OutOfStock::from_status(&err),
+        Some(OutOfStock { sku: "B2".into() }),
+        "{err}"
+    );
+    for tag in ["a", "b", "c"] {
+        shop.note(tag.into()).unwrap();
+    }
+    assert_eq!(shop.notes().await.unwrap(), vec!["a", "b", "c"]);
+    assert_eq!(shop.ask_back(20).await.unwrap(), 41);
+    assert_eq!(*progress.lock().unwrap(), vec![50]);
+    // An unknown method comes back as `unimplemented` (-32601).
+    let err = session
+        .peer()
+        .request("shop/nosuch", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, capwire::Code::Unimplemented, "{err}");
+    session.close().await;
+}

@@ -365,6 +365,8 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
         return;
     }
     inner.end(end);
+    // Answers the peer's close (a WebSocket close handshake completes).
+    let _ = inner.sender.close(CloseReason::normal()).await;
 }
 
 /// Decides one frame; what needs waiting for is returned as a task, with
