@@ -987,3 +987,103 @@ async fn rust_client_against_a_json_rpc_2_0_server() {
     assert_eq!(err.code, capwire::Code::Unimplemented, "{err}");
     session.close().await;
 }
+
+/// jsonrpsee's own clients (WebSocket and HTTP) against the demo's
+/// JSON-RPC face: params by position and by name, its error objects,
+/// batches, notifications both ways (`demo/tick` through jsonrpsee's
+/// method subscription), and the connection staying usable after errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpsee_clients_against_the_demo() {
+    use jsonrpsee::core::client::{ClientT, Error, SubscriptionClientT};
+    use jsonrpsee::core::params::{ArrayParams, BatchRequestBuilder, ObjectParams};
+    use jsonrpsee::rpc_params;
+
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(&addr)
+        .await
+        .expect("jsonrpsee connects");
+    let sq: i64 = ws.request("demo/square", rpc_params![7]).await.unwrap();
+    assert_eq!(sq, 49);
+    let mut named = ObjectParams::new();
+    named.insert("a", 2).unwrap();
+    named.insert("b", 40).unwrap();
+    let sum: i64 = ws.request("demo/add", named).await.unwrap();
+    assert_eq!(sum, 42);
+    let mut wrong = ObjectParams::new();
+    wrong.insert("a", 2).unwrap();
+    wrong.insert("b", "x").unwrap();
+    match ws.request::<i64, _>("demo/add", wrong).await {
+        Err(Error::Call(e)) => {
+            assert_eq!(e.code(), -32602);
+            assert!(e.message().contains("`b`"), "{}", e.message());
+        }
+        other => panic!("{other:?}"),
+    }
+    match ws.request::<(), _>("demo/fail", ArrayParams::new()).await {
+        Err(Error::Call(e)) => {
+            assert!((-32099..=-32000).contains(&e.code()), "{}", e.code());
+            assert_eq!(e.message(), "bad thing");
+            let data: serde_json::Value = serde_json::from_str(e.data().unwrap().get()).unwrap();
+            assert_eq!(data["code"], "E_BAD");
+        }
+        other => panic!("{other:?}"),
+    }
+    match ws.request::<(), _>("demo/nosuch", ArrayParams::new()).await {
+        Err(Error::Call(e)) => assert_eq!(e.code(), -32601),
+        other => panic!("{other:?}"),
+    }
+    // Items of a stream, through jsonrpsee's subscription to a method.
+    let mut ticks = ws
+        .subscribe_to_method::<serde_json::Value>("demo/tick")
+        .await
+        .unwrap();
+    let n: u64 = ws.request("demo/ticks", rpc_params![3]).await.unwrap();
+    assert_eq!(n, 3);
+    for i in 0..3 {
+        let tick = futures_util::StreamExt::next(&mut ticks)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tick["seq"], i);
+    }
+    ws.notification("demo/notify", rpc_params!["x"])
+        .await
+        .unwrap();
+    ws.notification("demo/notify", rpc_params!["y"])
+        .await
+        .unwrap();
+    let tags: Vec<String> = ws.request("demo/notified", rpc_params![]).await.unwrap();
+    assert_eq!(tags, vec!["x", "y"]);
+    let mut batch = BatchRequestBuilder::new();
+    batch.insert("demo/square", rpc_params![3]).unwrap();
+    batch.insert("demo/nosuch", rpc_params![]).unwrap();
+    batch.insert("demo/add", rpc_params![1, 2]).unwrap();
+    let responses = ws.batch_request::<i64>(batch).await.unwrap();
+    let got: Vec<Result<i64, i32>> = responses
+        .into_iter()
+        .map(|r| r.map_err(|e| e.code()))
+        .collect();
+    assert_eq!(got, vec![Ok(9), Err(-32601), Ok(3)]);
+
+    let http_addr = addr.replacen("ws://", "http://", 1);
+    let http = jsonrpsee::http_client::HttpClientBuilder::default()
+        .build(&http_addr)
+        .unwrap();
+    let sum: i64 = http.request("demo/add", rpc_params![20, 22]).await.unwrap();
+    assert_eq!(sum, 42);
+    let mut batch = BatchRequestBuilder::new();
+    batch.insert("demo/square", rpc_params![5]).unwrap();
+    batch.insert("demo/square", rpc_params![6]).unwrap();
+    let squares: Vec<i64> = http
+        .batch_request::<i64>(batch)
+        .await
+        .unwrap()
+        .into_ok()
+        .unwrap()
+        .collect();
+    assert_eq!(squares, vec![25, 36]);
+    http.notification("demo/notify", rpc_params!["h"])
+        .await
+        .unwrap();
+}
