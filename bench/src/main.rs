@@ -239,8 +239,9 @@ fn main() -> anyhow::Result<()> {
         for peer in &chosen {
             let name = match peer.as_str() {
                 "capwire-msgpack" => "capwire",
-                // capwire-json is the same server; capnp-rpc's handles are `!Send`.
-                "capwire-json" | "capnp-rpc" => continue,
+                // capwire-json and capwire-jsonrpc are the same server;
+                // capnp-rpc's handles are `!Send`.
+                "capwire-json" | "capwire-jsonrpc" | "capnp-rpc" => continue,
                 p => p,
             };
             eprintln!("idle: {n} connections to {name}");

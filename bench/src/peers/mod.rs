@@ -1,8 +1,10 @@
 //! The peer libraries, each with the smallest equivalent service: tarpc,
-//! tonic, jsonrpsee and capnp-rpc. (capnp-rpc's `!Send` objects cannot be
+//! tonic, jsonrpsee and capnp-rpc; and capwire's JSON-RPC dialect under
+//! jsonrpsee's client. (capnp-rpc's `!Send` objects cannot be
 //! held by the idle measurement's `Send` handles; it is left out there.)
 
 mod capnp_peer;
+mod capwire_jsonrpc;
 mod jsonrpsee_peer;
 mod tarpc_peer;
 mod tonic_peer;
@@ -12,7 +14,13 @@ use crate::net::{Endpoint, Net};
 use crate::work::{Opts, Work};
 
 /// The peers this build includes.
-pub const PEERS: &[&str] = &["tarpc", "tonic", "jsonrpsee", "capnp-rpc"];
+pub const PEERS: &[&str] = &[
+    "tarpc",
+    "tonic",
+    "jsonrpsee",
+    "capwire-jsonrpc",
+    "capnp-rpc",
+];
 
 /// Runs `work` on `peer`.
 pub async fn run(peer: &str, work: Work, net: Net, opts: &Opts) -> anyhow::Result<Option<Sample>> {
@@ -21,6 +29,7 @@ pub async fn run(peer: &str, work: Work, net: Net, opts: &Opts) -> anyhow::Resul
         "jsonrpsee" => jsonrpsee_peer::run(work, net, opts).await,
         "tonic" => tonic_peer::run(work, net, opts).await,
         "capnp-rpc" => capnp_peer::run(work, net, opts).await,
+        "capwire-jsonrpc" => capwire_jsonrpc::run(work, net, opts).await,
         other => anyhow::bail!("unknown peer {other}"),
     }
 }

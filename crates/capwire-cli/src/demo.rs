@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use capwire::dialect::{self, ServeConfig, Server};
+use capwire::dialect::{self, ServeConfig, Served, Server};
+use capwire::proto::Framing;
 use capwire::transport::{self, Address, Listener, TransportConfig};
 use capwire::typed::{sink, ItemsOf, Sink, Source};
 use capwire::{path, CallOptions, Code, Registry, Session, SessionConfig, Status, Value};
@@ -174,23 +175,29 @@ fn serve_config() -> ServeConfig {
 }
 
 /// `capwire demo serve`: serves the demo until interrupted. `stdio:` serves
-/// one session on this process's stdin and stdout, until the peer closes it.
-pub(crate) async fn serve_forever(listen: &Address) -> anyhow::Result<()> {
+/// one session on this process's stdin and stdout, in the dialect of the
+/// peer's first message, until the peer closes it.
+pub(crate) async fn serve_forever(listen: &Address, framing: Framing) -> anyhow::Result<()> {
     let registry = Registry::new();
     let (tx, _rx) = mpsc::unbounded_channel();
     registry.serve_interface(service(tx))?.forget();
+    let transport_config = TransportConfig::default().framing(framing);
     if matches!(listen, Address::Stdio) {
         eprintln!("serving \"{NAME}\" v{VERSION} on stdio");
-        let session = Session::new(
-            transport::stdio(&TransportConfig::default()),
-            registry,
-            SessionConfig::default(),
-        );
-        let status = session.closed().await;
-        tracing::info!(%status, "stdio session ended");
+        let transport = transport::stdio(&transport_config);
+        match dialect::serve(transport, registry, serve_config()).await? {
+            Served::Native(session) => {
+                let status = session.closed().await;
+                tracing::info!(%status, "stdio session ended");
+            }
+            Served::JsonRpc(session) => session.closed().await,
+            Served::Capnweb(session) => {
+                session.closed().await;
+            }
+        }
         return Ok(());
     }
-    let listener = Listener::bind(listen, TransportConfig::default()).await?;
+    let listener = Listener::bind(listen, transport_config).await?;
     outln!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
     let config = serve_config();
     let grace = config.session.close_grace;

@@ -21,6 +21,7 @@ macro_rules! out {
 
 mod demo;
 mod demo_rpc;
+mod jsonrpc_call;
 mod phases;
 mod signatures;
 
@@ -103,6 +104,14 @@ enum Command {
         /// method called without it is retried as a stream.
         #[arg(long)]
         stream: bool,
+        /// The protocol to speak: capwire/1, or JSON-RPC 2.0 (the request
+        /// `NAME/METHOD`, to any JSON-RPC server).
+        #[arg(long, value_enum, default_value_t = DialectArg::Native)]
+        dialect: DialectArg,
+        /// How frames are delimited on a byte stream (JSON-RPC over
+        /// tcp://, unix:// or exec:).
+        #[arg(long, value_enum, default_value_t = FramingArg::Length)]
+        framing: FramingArg,
     },
     /// Print the interfaces a peer serves, as JSON Schema or TypeScript.
     Schema {
@@ -127,6 +136,10 @@ enum DemoCommand {
         /// Where to listen; `stdio:` serves one peer on stdin/stdout.
         #[arg(long, default_value = "tcp://127.0.0.1:7000")]
         listen: String,
+        /// How frames are delimited on a byte stream (stdio, TCP, Unix):
+        /// `ndjson` or `content-length` for JSON-RPC peers that speak them.
+        #[arg(long, value_enum, default_value_t = FramingArg::Length)]
+        framing: FramingArg,
     },
 }
 
@@ -154,12 +167,22 @@ enum FramesCommand {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DialectArg {
+    /// capwire/1.
+    Native,
+    /// JSON-RPC 2.0.
+    Jsonrpc,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum FramingArg {
     /// u32 big-endian length prefix.
     Length,
     /// One JSON frame per line.
     Ndjson,
+    /// LSP-style `Content-Length` headers.
+    ContentLength,
 }
 
 impl From<FramingArg> for Framing {
@@ -167,6 +190,7 @@ impl From<FramingArg> for Framing {
         match f {
             FramingArg::Length => Framing::LengthPrefixed,
             FramingArg::Ndjson => Framing::Ndjson,
+            FramingArg::ContentLength => Framing::ContentLength,
         }
     }
 }
@@ -220,8 +244,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo { listen, command } => {
             match command {
-                Some(DemoCommand::Serve { listen }) => {
-                    demo::serve_forever(&listen.parse()?).await?
+                Some(DemoCommand::Serve { listen, framing }) => {
+                    demo::serve_forever(&listen.parse()?, framing.into()).await?
                 }
                 None => demo::tour(&listen.parse()?).await?,
             }
@@ -235,7 +259,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout_ms,
             version,
             stream,
+            dialect,
+            framing,
         } => {
+            if dialect == DialectArg::Jsonrpc {
+                let Some(method) = method else {
+                    return Err(
+                        Usage("JSON-RPC has no method listing: name a method".into()).into(),
+                    );
+                };
+                let args: serde_json::Value = serde_json::from_str(&args)
+                    .map_err(|e| Usage(format!("the arguments are not JSON: {e}")))?;
+                jsonrpc_call::call(&address, &name, &method, args, timeout_ms, framing.into())
+                    .await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let target = Target {
                 address: &address,
                 name: &name,

@@ -910,7 +910,9 @@ async fn rust_client_against_a_json_rpc_2_0_server() {
         }
     }
 
+    // Served by the JS server; here only its client is used.
     #[capwire::interface(name = "shop", version = "1.0")]
+    #[allow(dead_code)]
     trait Shop {
         async fn price(&self, sku: String, qty: i64) -> Result<i64, Status>;
         async fn buy(&self, sku: String) -> Result<(), Status>;
@@ -1086,4 +1088,111 @@ async fn jsonrpsee_clients_against_the_demo() {
     http.notification("demo/notify", rpc_params!["h"])
         .await
         .unwrap();
+}
+
+/// JSON-RPC over a child process's stdio, both framings: capwire's client
+/// spawns `capwire demo serve --listen stdio:` and calls it, and the child
+/// calls the client back over the same pipes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpc_over_a_child_process_stdio() {
+    use capwire::dialect::jsonrpc::{JsonRpcConfig, JsonRpcSession};
+    use capwire::proto::Framing;
+    use capwire::transport::{self, TransportConfig};
+    use capwire::{Methods, Registry, Value};
+    use serde_json::json;
+
+    for (framing, flag) in [
+        (Framing::Ndjson, "ndjson"),
+        (Framing::ContentLength, "content-length"),
+    ] {
+        let config = TransportConfig::default().framing(framing);
+        let t = transport::spawn_child(
+            BIN,
+            &[
+                "demo".into(),
+                "serve".into(),
+                "--listen".into(),
+                "stdio:".into(),
+                "--framing".into(),
+                flag.into(),
+            ],
+            &config,
+        )
+        .expect("spawn");
+        let registry = Registry::new();
+        registry
+            .serve(
+                "client",
+                "1.0",
+                // No schema: params by name arrive as one object.
+                Methods::new("client").method("double", |args: Value, _| async move {
+                    let (p,): (serde_json::Value,) = args.decode()?;
+                    Value::new(&(2 * p["x"].as_i64().unwrap_or_default()))
+                }),
+            )
+            .unwrap()
+            .forget();
+        let session = JsonRpcSession::connect(t, registry, JsonRpcConfig::new());
+        let peer = session.peer();
+        let sum = peer
+            .request("demo/add", Some(json!({"a": 2, "b": 3})), None)
+            .await
+            .unwrap();
+        assert_eq!(sum, 5, "{flag}");
+        let r = peer
+            .request("demo/callMeBack", Some(json!({"x": 20})), None)
+            .await
+            .unwrap();
+        assert_eq!(r, 41, "{flag}");
+        let err = peer
+            .request("demo/add", Some(json!({"a": 2})), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, capwire::Code::InvalidArgument, "{flag}: {err}");
+        session.close().await;
+    }
+}
+
+/// `capwire call --dialect jsonrpc` sends `NAME/METHOD` and prints the
+/// result; an error object exits 4 with its message.
+#[test]
+fn call_speaks_jsonrpc_when_asked() {
+    let (_server, addr) = demo_server_on("ws://127.0.0.1:0/");
+    let out = run(
+        &[
+            "call",
+            "--dialect",
+            "jsonrpc",
+            &addr,
+            "demo",
+            "add",
+            r#"{"a":2,"b":3}"#,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+    let out = run(
+        &[
+            "call",
+            "--dialect",
+            "jsonrpc",
+            &addr,
+            "demo",
+            "add",
+            r#"{"a":2}"#,
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing field `b`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &["call", "--dialect", "jsonrpc", &addr, "demo", "add", "{"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

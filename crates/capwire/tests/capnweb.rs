@@ -300,7 +300,7 @@ async fn http_batch_on_the_same_port() {
     let response = http(
         authority,
         format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -321,21 +321,31 @@ async fn http_batch_on_the_same_port() {
 
     let empty = http(
         authority,
-        "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n".into(),
+        "POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".into(),
     )
     .await;
     assert!(
         empty.starts_with("HTTP/1.1 200 OK") && empty.ends_with("\r\n\r\n"),
         "{empty}"
     );
-    let get = http(authority, "GET / HTTP/1.1\r\nHost: x\r\n\r\n".into()).await;
-    assert!(get.starts_with("HTTP/1.1 405"), "{get}");
-    let chunked = http(
+    let get = http(
         authority,
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
     )
     .await;
-    assert!(chunked.starts_with("HTTP/1.1 411"), "{chunked}");
+    assert!(get.starts_with("HTTP/1.1 405"), "{get}");
+    // A chunked body is read like any other.
+    let push = r#"["push",["pipeline",0,["square"],[4]]]"#.to_owned() + "\n" + r#"["pull",1]"#;
+    let chunked = http(
+        authority,
+        format!(
+            "POST / HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{push}\r\n0\r\n\r\n",
+            push.len()
+        ),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
+    assert!(chunked.ends_with(r#"["resolve",1,16]"#), "{chunked}");
 }
 
 /// A peer that pushes without ever releasing hits the export table's bound:

@@ -553,7 +553,7 @@ async fn post(addr: &Address, content_type: Option<&str>, body: &str) -> (u16, S
         .map(|c| format!("Content-Type: {c}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -563,9 +563,12 @@ async fn post(addr: &Address, content_type: Option<&str>, body: &str) -> (u16, S
     let status = head[9..12].parse().unwrap();
     let ctype = head
         .lines()
-        .find_map(|l| l.strip_prefix("Content-Type: "))
-        .unwrap_or_default()
-        .to_owned();
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
     (status, ctype, body.to_owned())
 }
 

@@ -7,10 +7,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{stream, ws, Address, Transport, TransportConfig, TransportError};
-
-/// How long a WebSocket client may take over its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{http, stream, Address, Transport, TransportConfig, TransportError};
 
 /// A bound listening address.
 #[derive(Debug)]
@@ -24,7 +21,8 @@ pub struct Listener {
 enum Inner {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
-    /// Handshakes run in their own tasks so one slow client never blocks accept.
+    /// Connections are served by hyper in their own tasks (one slow client
+    /// never blocks accept); upgrades and one-shot HTTP sessions arrive here.
     Ws(mpsc::Receiver<Transport>, JoinHandle<()>),
 }
 
@@ -135,17 +133,8 @@ async fn ws_accept_loop(l: TcpListener, tx: mpsc::Sender<Transport>, config: Tra
         if tx.is_closed() {
             return;
         }
-        let tx = tx.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws::accept(tcp, &config)).await {
-                Ok(Ok(Some(t))) => {
-                    let _ = tx.send(t).await;
-                }
-                Ok(Ok(None)) => tracing::debug!("answered a plain HTTP request"),
-                Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
-                Err(_) => tracing::debug!("websocket handshake timed out"),
-            }
-        });
+        // One task per connection: hyper serves its requests (keep-alive),
+        // each upgrade or session-making POST is handed to `accept`.
+        tokio::spawn(http::serve_connection(tcp, tx.clone(), config.clone()));
     }
 }

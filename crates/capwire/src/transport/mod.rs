@@ -7,7 +7,7 @@
 //! the codec lives in `capwire-proto`.
 
 mod address;
-mod http_batch;
+mod http;
 mod listener;
 mod mem;
 mod sender;

@@ -11,15 +11,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{
-    http_batch, CloseReason, FrameReceiver, FrameSender, Outgoing, ReceiverInner, Transport,
-    TransportConfig, TransportError,
+    CloseReason, FrameReceiver, FrameSender, Outgoing, ReceiverInner, Transport, TransportConfig,
+    TransportError,
 };
 use crate::attestation::{Attestation, TransportKind};
 
@@ -168,42 +167,4 @@ pub(super) async fn connect(
     att.peer_addr = peer;
     att.path = Some(path.to_owned());
     Ok(ws_transport(ws, att, config))
-}
-
-/// Serves an accepted TCP stream: a WebSocket upgrade runs the handshake; a
-/// plain HTTP request is capnweb's HTTP batch (`Ok(None)` when it was
-/// answered without a session, e.g. `405` for a `GET`).
-pub(super) async fn accept(
-    mut tcp: TcpStream,
-    config: &TransportConfig,
-) -> Result<Option<Transport>, TransportError> {
-    let _ = tcp.set_nodelay(true);
-    let mut att = Attestation::new(TransportKind::WebSocket);
-    att.peer_addr = tcp.peer_addr().ok().map(|a| a.to_string());
-    let (head, read) = http_batch::read_head(&mut tcp).await?;
-    if !head.upgrade {
-        return http_batch::serve(tcp, head, read, att, config).await;
-    }
-    let stream = http_batch::Prefixed::new(read, tcp);
-    let mut seen: Option<(String, Option<String>)> = None;
-    // The callback's signature, with its large error type, is tungstenite's.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| {
-        let origin = req
-            .headers()
-            .get("origin")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        seen = Some((req.uri().path().to_owned(), origin));
-        Ok(resp)
-    };
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config)))
-            .await
-            .map_err(|e| TransportError::WebSocket(format!("handshake failed: {e}")))?;
-    if let Some((path, origin)) = seen {
-        att.path = Some(path);
-        att.origin = origin;
-    }
-    Ok(Some(ws_transport(ws, att, config)))
 }
