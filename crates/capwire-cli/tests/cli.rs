@@ -988,6 +988,25 @@ async fn rust_client_against_a_json_rpc_2_0_server() {
         .unwrap_err();
     assert_eq!(err.code, capwire::Code::Unimplemented, "{err}");
     session.close().await;
+
+    // The same server over HTTP POST: an `http://` transport.
+    let http = addr.replacen("ws://", "http://", 1);
+    let t = transport::connect(&http.parse().unwrap(), &TransportConfig::default())
+        .await
+        .expect("http transport");
+    let config = JsonRpcConfig::new().errors(ErrorClasses::new().register::<OutOfStock>());
+    let session = JsonRpcSession::connect(t, Registry::new(), config);
+    let shop: ShopClient = session.peer().client("shop");
+    let prices = futures_util::future::join_all((1..=8).map(|q| shop.price("A1".into(), q))).await;
+    let prices: Vec<i64> = prices.into_iter().map(Result::unwrap).collect();
+    assert_eq!(prices, (1..=8).map(|q| 250 * q).collect::<Vec<_>>());
+    let err = shop.buy("C3".into()).await.unwrap_err();
+    assert_eq!(
+        OutOfStock::from_status(&err),
+        Some(OutOfStock { sku: "C3".into() })
+    );
+    shop.note("ignored over HTTP".into()).unwrap();
+    session.close().await;
 }
 
 /// jsonrpsee's own clients (WebSocket and HTTP) against the demo's

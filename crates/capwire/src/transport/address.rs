@@ -13,6 +13,7 @@ use super::TransportError;
 /// | `tcp://127.0.0.1:7000` | TCP |
 /// | `unix:///run/x.sock` (or `unix:rel.sock`) | Unix domain socket |
 /// | `ws://127.0.0.1:7000/path` | WebSocket (no TLS) |
+/// | `http://127.0.0.1:7000/path` | HTTP POSTs, one message each (connecting); the same port as `ws://` (listening) |
 /// | `stdio:` | this process's stdin/stdout |
 /// | `exec:CMD ARGS…` | a child process's stdin/stdout (shell-style quoting) |
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,6 +24,14 @@ pub enum Address {
     Unix(PathBuf),
     /// `ws://HOST:PORT/PATH`.
     Ws {
+        /// `HOST:PORT`.
+        authority: String,
+        /// The request path, starting with `/`.
+        path: String,
+    },
+    /// `http://HOST:PORT/PATH`: to connect, each message is one `POST`
+    /// (JSON-RPC over HTTP); to listen, the same as [`Address::Ws`].
+    Http {
         /// `HOST:PORT`.
         authority: String,
         /// The request path, starting with `/`.
@@ -82,10 +91,20 @@ impl FromStr for Address {
                 authority: authority.to_owned(),
                 path: path.to_owned(),
             })
-        } else if input.starts_with("wss://") {
+        } else if let Some(rest) = input.strip_prefix("http://") {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            check_authority(input, authority)?;
+            Ok(Address::Http {
+                authority: authority.to_owned(),
+                path: path.to_owned(),
+            })
+        } else if input.starts_with("wss://") || input.starts_with("https://") {
             Err(bad(
                 input,
-                "TLS WebSockets are not supported; put a TLS proxy in front",
+                "TLS (wss://, https://) is not supported; put a TLS proxy in front",
             ))
         } else if input == "stdio:" || input == "stdio" {
             Ok(Address::Stdio)
@@ -100,7 +119,7 @@ impl FromStr for Address {
         } else {
             Err(bad(
                 input,
-                "expected tcp://HOST:PORT, unix://PATH, ws://HOST:PORT/PATH, stdio: or exec:CMD",
+                "expected tcp://HOST:PORT, unix://PATH, ws://HOST:PORT/PATH, http://HOST:PORT/PATH, stdio: or exec:CMD",
             ))
         }
     }
@@ -112,6 +131,7 @@ impl fmt::Display for Address {
             Address::Tcp(a) => write!(f, "tcp://{a}"),
             Address::Unix(p) => write!(f, "unix://{}", p.display()),
             Address::Ws { authority, path } => write!(f, "ws://{authority}{path}"),
+            Address::Http { authority, path } => write!(f, "http://{authority}{path}"),
             Address::Stdio => f.write_str("stdio:"),
             Address::Exec { program, args } => {
                 let words = std::iter::once(program).chain(args);
@@ -136,6 +156,7 @@ mod tests {
             "unix:///run/x.sock",
             "ws://127.0.0.1:7000/rpc",
             "ws://localhost:80/",
+            "http://127.0.0.1:7000/rpc",
             "stdio:",
             "exec:my-agent --flag 'two words'",
         ] {
@@ -175,7 +196,9 @@ mod tests {
             ("wss://h:1/", "TLS"),
             ("exec:", "missing command"),
             ("exec:'unterminated", "unbalanced"),
-            ("http://h:1", "expected tcp://"),
+            ("ftp://h:1", "expected tcp://"),
+            ("https://h:1/", "TLS"),
+            ("http://h/", "HOST:PORT"),
         ] {
             let err = s.parse::<Address>().expect_err(s).to_string();
             assert!(err.contains(want), "{s}: {err}");

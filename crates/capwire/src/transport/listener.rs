@@ -64,13 +64,20 @@ impl Listener {
                     config,
                 })
             }
-            Address::Ws { authority, path } => {
+            Address::Ws { authority, path } | Address::Http { authority, path } => {
                 let l = TcpListener::bind(authority.as_str())
                     .await
                     .map_err(bind_err)?;
-                let local = Address::Ws {
-                    authority: l.local_addr().map_err(bind_err)?.to_string(),
-                    path: path.clone(),
+                let bound = l.local_addr().map_err(bind_err)?.to_string();
+                let local = match addr {
+                    Address::Http { .. } => Address::Http {
+                        authority: bound,
+                        path: path.clone(),
+                    },
+                    _ => Address::Ws {
+                        authority: bound,
+                        path: path.clone(),
+                    },
                 };
                 let (tx, rx) = mpsc::channel(64);
                 let task = tokio::spawn(ws_accept_loop(l, tx, config.clone()));

@@ -8,6 +8,7 @@
 
 mod address;
 mod http;
+mod http_client;
 mod listener;
 mod mem;
 mod sender;
@@ -265,7 +266,9 @@ pub struct Transport {
 /// Opens a connection to `addr`.
 ///
 /// `stdio:` uses this process's own stdin/stdout; `exec:` spawns the command
-/// and talks to its stdin/stdout.
+/// and talks to its stdin/stdout; `http:` sends each frame as one `POST`
+/// (`Content-Type: application/json`) and receives the response bodies as
+/// frames: for JSON-RPC clients of HTTP servers.
 pub async fn connect(
     addr: &Address,
     config: &TransportConfig,
@@ -274,6 +277,7 @@ pub async fn connect(
         Address::Tcp(authority) => stream::connect_tcp(authority, config).await,
         Address::Unix(path) => stream::connect_unix(path, config).await,
         Address::Ws { authority, path } => ws::connect(authority, path, config).await,
+        Address::Http { authority, path } => Ok(http_client::connect(authority, path, config)),
         Address::Stdio => Ok(stdio(config)),
         Address::Exec { program, args } => spawn_child(program, args, config),
     }

@@ -257,7 +257,9 @@ impl JsonRpcSession {
             receiver,
             attestation,
         } = transport;
-        let one_shot = attestation.transport == TransportKind::HttpJsonRpc;
+        // The accepting side of one HTTP request answers it and ends; the
+        // connecting side of an `http://` transport is a client like any other.
+        let one_shot = prefix == "s" && attestation.transport == TransportKind::HttpJsonRpc;
         let per_connection = config.per_connection.clone();
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
