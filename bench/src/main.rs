@@ -14,6 +14,7 @@ mod bench_capnp {
 mod capwire_peer;
 mod floor;
 mod idle;
+mod jsonrpc_servers;
 mod measure;
 mod net;
 mod peers;
@@ -65,6 +66,11 @@ enum Cmd {
     ServeIdle {
         /// The peer.
         peer: String,
+    },
+    /// (internal) Serve one JSON-RPC server for the JSON-RPC comparison.
+    ServeJsonrpc {
+        /// The server.
+        server: String,
     },
 }
 
@@ -154,8 +160,12 @@ fn machine() -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Cmd::ServeIdle { peer }) = &args.command {
-        return runtime(false)?.block_on(idle::serve(peer));
+    match &args.command {
+        Some(Cmd::ServeIdle { peer }) => return runtime(false)?.block_on(idle::serve(peer)),
+        Some(Cmd::ServeJsonrpc { server }) => {
+            return runtime(false)?.block_on(jsonrpc_servers::serve(server))
+        }
+        None => {}
     }
     let opts = if args.quick {
         Opts {
@@ -252,6 +262,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // The JSON-RPC servers, when both JSON-RPC peers are chosen.
+    let jsonrpc_rows = if ["jsonrpsee", "capwire-jsonrpc"]
+        .iter()
+        .all(|p| chosen.iter().any(|c| c == p))
+    {
+        runtime(false)?.block_on(jsonrpc_servers::all(opts.budget))
+    } else {
+        Vec::new()
+    };
+
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut doc = format!(
         "## Run\n\n- command: `{command}`\n{}- peers: {}\n- client and server share one process and one runtime (current-thread: one thread for both; multi-thread: 2 workers); CPU is the whole process's\n\n",
@@ -260,6 +280,9 @@ fn main() -> anyhow::Result<()> {
     );
     doc.push_str(&report::tables(&rows, &WORKS));
     doc.push_str(&report::idle_table(&idle_rows));
+    if !jsonrpc_rows.is_empty() {
+        doc.push_str(&jsonrpc_servers::table(&jsonrpc_rows));
+    }
     print!("{doc}");
     if let Some(path) = args.out {
         std::fs::write(path, &doc)?;

@@ -46,7 +46,7 @@ impl JsonBench for Impl {
 }
 
 /// Starts the server on 127.0.0.1 (WebSocket).
-async fn server() -> anyhow::Result<(Endpoint, Server)> {
+pub async fn server() -> anyhow::Result<(Endpoint, Server)> {
     let registry = Registry::new();
     registry
         .serve_interface(JsonBenchServer::new(Impl))?

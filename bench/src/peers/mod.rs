@@ -75,3 +75,18 @@ pub async fn idle_client(
         other => anyhow::bail!("unknown peer {other}"),
     })
 }
+
+/// jsonrpsee's server (for the JSON-RPC server comparison).
+pub async fn jsonrpsee_server() -> anyhow::Result<(Endpoint, jsonrpsee::server::ServerHandle)> {
+    jsonrpsee_peer::server().await
+}
+
+/// capwire's JSON-RPC server (for the JSON-RPC server comparison).
+pub async fn capwire_jsonrpc_server() -> anyhow::Result<(Endpoint, capwire::dialect::Server)> {
+    capwire_jsonrpc::server().await
+}
+
+/// jsonrpsee's WebSocket client.
+pub async fn jsonrpsee_client(ep: &Endpoint) -> anyhow::Result<jsonrpsee::ws_client::WsClient> {
+    jsonrpsee_peer::client(ep).await
+}

@@ -46,7 +46,7 @@ pub(crate) enum CapKind {
 }
 
 impl CapKind {
-    pub(crate) fn local_object(&self) -> Option<&Arc<dyn Object>> {
+    fn local_object(&self) -> Option<&Arc<dyn Object>> {
         match self {
             CapKind::Local(o) | CapKind::Served { object: o, .. } => Some(o),
             _ => None,
@@ -192,11 +192,6 @@ impl Capability {
             deadline,
             scope,
         }
-    }
-
-    /// The object behind a local capability.
-    pub(crate) fn local_object(&self) -> Option<&Arc<dyn Object>> {
-        self.kind.local_object()
     }
 
     /// Sends `method` as a notification: no answer is awaited. To a

@@ -285,6 +285,11 @@ impl Registry {
         })
     }
 
+    /// The object served as `name` (no copy of its entry).
+    pub(crate) fn object(&self, name: &str) -> Option<Arc<dyn Object>> {
+        self.lock().get(name).map(|s| s.object.clone())
+    }
+
     pub(crate) fn lookup(&self, name: &str) -> Option<Served> {
         self.lock().get(name).cloned()
     }

@@ -3,9 +3,9 @@
 //! Compiled once per served object and method, and shared by the
 //! connections of a listener.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use rustc_hash::FxHashMap;
 use serde_json::{json, Value as Json};
 
 use super::errors::{ErrorObject, INVALID_PARAMS};
@@ -264,16 +264,17 @@ fn compile(schema: &Json, defs: &Json) -> Option<jsonschema::Validator> {
     }
 }
 
-type Key = (usize, String);
-
-/// A compiled method, with the object it belongs to (to tell a reused
+/// One served object's compiled methods, with the object (to tell a reused
 /// address from the same object).
-type Entry = (Weak<dyn Object>, Arc<MethodInfo>);
+struct Methods {
+    object: Weak<dyn Object>,
+    by_name: FxHashMap<String, Option<Arc<MethodInfo>>>,
+}
 
 /// Compiled methods, by object and method name.
 #[derive(Default)]
 pub(crate) struct Catalog {
-    methods: Mutex<HashMap<Key, Entry>>,
+    objects: Mutex<FxHashMap<usize, Methods>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -282,34 +283,48 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-/// Cached methods past which the catalog starts over (served objects that
+/// Objects cached past which the catalog starts over (served objects that
 /// come and go would otherwise leave entries behind).
-const MAX_CACHED: usize = 4096;
+const MAX_CACHED: usize = 1024;
 
 impl Catalog {
     /// The method `method` of `object`; `None` when its schema has no such
     /// method.
     pub(crate) fn method(&self, object: &Arc<dyn Object>, method: &str) -> Option<Arc<MethodInfo>> {
-        let key = (Arc::as_ptr(object) as *const () as usize, method.to_owned());
-        let mut methods = self.methods.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((weak, info)) = methods.get(&key) {
-            if weak.upgrade().is_some_and(|o| Arc::ptr_eq(&o, object)) {
-                return Some(info.clone());
+        let key = Arc::as_ptr(object) as *const () as usize;
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let same = objects
+            .get(&key)
+            .is_some_and(|m| m.object.upgrade().is_some_and(|o| Arc::ptr_eq(&o, object)));
+        if !same {
+            if objects.len() >= MAX_CACHED {
+                objects.clear();
             }
+            objects.insert(
+                key,
+                Methods {
+                    object: Arc::downgrade(object),
+                    by_name: FxHashMap::default(),
+                },
+            );
         }
-        let info = Arc::new(match object.schema() {
-            Some(schema) => MethodInfo::from_schema(&schema, method)?,
-            None => MethodInfo::untyped(if object.is_stream(method) {
+        let methods = objects.get_mut(&key)?;
+        if let Some(found) = methods.by_name.get(method) {
+            return found.clone();
+        }
+        let info = match object.schema() {
+            Some(schema) => MethodInfo::from_schema(&schema, method).map(Arc::new),
+            None => Some(Arc::new(MethodInfo::untyped(if object.is_stream(method) {
                 Kind::Stream
             } else {
                 Kind::Call
-            }),
-        });
-        if methods.len() >= MAX_CACHED {
-            methods.clear();
+            }))),
+        };
+        // Unknown names are remembered too, within a bound.
+        if info.is_some() || methods.by_name.len() < 256 {
+            methods.by_name.insert(method.to_owned(), info.clone());
         }
-        methods.insert(key, (Arc::downgrade(object), info.clone()));
-        Some(info)
+        info
     }
 }
 

@@ -6,6 +6,8 @@
 //! request in flight, stopped by `$/cancelRequest` or the connection's end).
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -129,16 +131,20 @@ pub(crate) struct State {
     /// The peer's requests in flight, keyed by our serial.
     pub(crate) requests: Answers<Requests>,
     /// The same, by the peer's id (for `$/cancelRequest`).
-    by_id: HashMap<IdKey, u64>,
+    by_id: FxHashMap<IdKey, u64>,
     next_request: u64,
     /// Our requests awaiting their response, by number.
     pub(crate) pending: HashMap<u64, oneshot::Sender<Result<Json, Status>>>,
     pub(crate) ended: Option<Status>,
 }
 
-/// A request id as a map key (numbers and strings kept apart).
+/// A request id as a map key (numbers and strings kept apart; integers,
+/// the common case, without an allocation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum IdKey {
+    Int(i64),
+    Uint(u64),
+    /// Any other number, as written.
     Number(String),
     String(String),
     Null,
@@ -147,7 +153,13 @@ enum IdKey {
 impl IdKey {
     fn of(id: &Json) -> Option<IdKey> {
         match id {
-            Json::Number(n) => Some(IdKey::Number(n.to_string())),
+            Json::Number(n) => Some(if let Some(i) = n.as_i64() {
+                IdKey::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                IdKey::Uint(u)
+            } else {
+                IdKey::Number(n.to_string())
+            }),
             Json::String(s) => Some(IdKey::String(s.clone())),
             Json::Null => Some(IdKey::Null),
             _ => None,
@@ -173,13 +185,6 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn registry(&self) -> Option<Registry> {
-        self.registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// Queues a message. A connection that is gone drops it (whoever waits
@@ -264,7 +269,7 @@ impl JsonRpcSession {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 requests: Answers::default(),
-                by_id: HashMap::new(),
+                by_id: FxHashMap::default(),
                 next_request: 0,
                 pending: HashMap::new(),
                 ended: None,
@@ -517,14 +522,16 @@ fn resolve(inner: &Inner, method: &str) -> Result<Target, ErrorObject> {
             "method not found: `{method}` (methods are named `name{sep}method`)"
         )));
     };
-    let registry = inner.registry().unwrap_or_default();
-    let Some(cap) = registry.main_capability(name) else {
+    let object = inner
+        .registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|r| r.object(name));
+    let Some(object) = object else {
         return Err(not_found(format!(
             "method not found: `{method}` (nothing is served as `{name}`)"
         )));
-    };
-    let Some(object) = cap.local_object().cloned() else {
-        return Err(not_found(format!("method not found: `{method}`")));
     };
     let Some(info) = inner.config.catalog.method(&object, member) else {
         return Err(not_found(format!(
