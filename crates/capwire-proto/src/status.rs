@@ -142,6 +142,8 @@ impl Reason {
     pub const MAX_PENDING_PIPELINED: Reason = Reason::new_static("max_pending_pipelined");
     /// The peer broke the protocol (malformed frame, unknown op, bad id).
     pub const PROTOCOL_VIOLATION: Reason = Reason::new_static("protocol_violation");
+    /// A typed method's arguments do not decode as its parameters.
+    pub const BAD_ARGUMENTS: Reason = Reason::new_static("bad_arguments");
 
     /// A reason known at compile time.
     pub const fn new_static(s: &'static str) -> Reason {

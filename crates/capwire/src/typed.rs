@@ -655,6 +655,7 @@ pub(crate) mod support {
                 params.join(", ")
             ),
         )
+        .with_reason(capwire_proto::Reason::BAD_ARGUMENTS)
     }
 
     /// Turns a typed stream method's items into values.

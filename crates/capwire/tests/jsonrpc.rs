@@ -347,6 +347,37 @@ async fn bad_input_gets_the_right_error_and_the_connection_stays_usable() {
     }
     let r = raw.call(req(10, "calc/add", json!([1, 1]))).await;
     assert_eq!(r["result"], 2);
+    // A whole float is an integer (JSON Schema's rule), and arguments that
+    // pass the schema but do not decode (past i64) are still -32602.
+    let r = raw
+        .call(req(11, "calc/add", json!({"a": 1.0, "b": 2})))
+        .await;
+    assert_eq!(r["result"], 3, "{r}");
+    let r = raw
+        .call(req(
+            12,
+            "calc/add",
+            json!([1, 9_223_372_036_854_775_808u64]),
+        ))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+}
+
+#[tokio::test]
+async fn an_invalid_batch_as_the_first_message_is_answered_entry_by_entry() {
+    let f = server("ws://127.0.0.1:0/").await;
+    let mut raw = Raw::connect(&f.addr).await;
+    raw.send_text("[1,2,3]").await;
+    let r = raw.recv().await;
+    let entries = r.as_array().expect("an array of errors");
+    assert_eq!(entries.len(), 3, "{r}");
+    assert!(entries
+        .iter()
+        .all(|e| e["error"]["code"] == -32600 && e["id"].is_null()));
+    assert_eq!(
+        raw.call(req(1, "calc/add", json!([1, 2]))).await["result"],
+        3
+    );
 }
 
 #[tokio::test]

@@ -238,7 +238,11 @@ async fn default_deadlines_and_wrong_calls() {
     let r = raw
         .call("square", capwire::Value::new(&("seven",)).unwrap())
         .await;
-    assert_status(&r, Code::InvalidArgument, None);
+    assert_status(
+        &r,
+        Code::InvalidArgument,
+        Some(capwire::Reason::BAD_ARGUMENTS),
+    );
     let r = raw.call("count", capwire::Value::new(&(3,)).unwrap()).await;
     assert_status(&r, Code::InvalidArgument, None);
     let r = raw.call("nope", capwire::Value::null()).await;

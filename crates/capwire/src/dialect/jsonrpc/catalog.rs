@@ -24,6 +24,9 @@ pub(crate) enum Kind {
 struct Param {
     name: String,
     required: bool,
+    /// The schema asks for an integer: `3.0` is one (JSON Schema says so),
+    /// and is passed as `3` so that an integer parameter decodes it.
+    integer: bool,
     /// `None` when the parameter is a capability: JSON-RPC cannot pass one.
     validator: Option<jsonschema::Validator>,
 }
@@ -55,6 +58,7 @@ impl MethodInfo {
                     let schema = p.get("schema").cloned().unwrap_or(Json::Bool(true));
                     let is_cap = is_capability(&schema, &defs);
                     Param {
+                        integer: schema.get("type").and_then(Json::as_str) == Some("integer"),
                         name: p
                             .get("name")
                             .and_then(Json::as_str)
@@ -165,6 +169,11 @@ impl MethodInfo {
                     json!({"field": p.name}),
                 ));
             };
+            if p.integer {
+                if let Some(n) = whole(&args[i]) {
+                    args[i] = n;
+                }
+            }
             if let Some(e) = validator.iter_errors(&args[i]).next() {
                 let at = e.instance_path.to_string();
                 let path = format!("/{}{}", p.name, at);
@@ -195,6 +204,22 @@ impl MethodInfo {
             None => Ok(()),
         }
     }
+}
+
+/// A float with no fractional part, within the 64-bit integers, as an
+/// integer.
+fn whole(v: &Json) -> Option<Json> {
+    let f = v.as_f64().filter(|_| v.is_f64())?;
+    if f.fract() != 0.0 {
+        return None;
+    }
+    if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+        return Some(Json::from(f as u64));
+    }
+    if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+        return Some(Json::from(f as i64));
+    }
+    None
 }
 
 fn in_path(at: &str) -> String {
@@ -360,6 +385,11 @@ mod tests {
             vec![json!(1), json!(2), json!("x")]
         );
         assert!(m.check_result(&json!(3)).is_ok());
+        // A whole float is an integer, as JSON Schema has it.
+        assert_eq!(
+            m.bind(Some(json!([1.0, -2.0]))).unwrap()[..2],
+            [json!(1), json!(-2)]
+        );
         assert!(m.check_result(&json!("3")).is_err());
     }
 

@@ -12,7 +12,7 @@
 //! | `deadline_exceeded`   | -32006 |
 //! | `unavailable`         | -32007 |
 //! | `aborted`             | -32008 |
-//! | `invalid_argument`    | -32009 (from a handler; the dialect's own parameter checks answer -32602) |
+//! | `invalid_argument`    | -32009 (from a handler; arguments that do not decode, reason `bad_arguments`, and the dialect's own parameter checks answer -32602) |
 //! | `unimplemented`       | -32601 (method not found) |
 //! | `internal`            | -32603 |
 //! | `cancelled`           | -32800 (LSP's `RequestCancelled`) |
@@ -157,6 +157,12 @@ impl ErrorClasses {
 
     /// The error object for `status`.
     pub fn to_error(&self, status: &Status) -> ErrorObject {
+        if status.code == Code::InvalidArgument && status.reason == Some(Reason::BAD_ARGUMENTS) {
+            return ErrorObject::new(
+                INVALID_PARAMS,
+                format!("invalid params: {}", status.message),
+            );
+        }
         let details = status.details_json();
         if let Some(d) = &details {
             let class = d.get("class").and_then(Json::as_str);

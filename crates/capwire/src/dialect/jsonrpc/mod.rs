@@ -48,8 +48,9 @@ pub use peer::JsonRpcPeer;
 pub use session::{JsonRpcConfig, JsonRpcSession, Separator, ServeFn};
 
 /// True when a first frame is JSON-RPC: an object with a `jsonrpc` member,
-/// an array that is empty or starts with an object (a batch), or text that
-/// is not JSON at all (it is answered with a parse error).
+/// an array that does not start with a string (a batch; capnweb messages
+/// start with one), or text that is not JSON at all (it is answered with a
+/// parse error).
 pub(crate) fn looks_like(first: &[u8]) -> bool {
     let start = first
         .iter()
@@ -64,15 +65,12 @@ pub(crate) fn looks_like(first: &[u8]) -> bool {
             // A native hello has no `jsonrpc` member.
             serde_json::from_slice::<Probe>(first).is_ok_and(|p| p.jsonrpc.is_some())
         }
-        // A batch: requests are objects (capnweb messages start with a
-        // string; anything else in first place is left to capnweb, which
-        // reports it).
+        // A batch: capnweb messages start with a string, so any other
+        // array is a JSON-RPC batch (`[1, 2]` gets one -32600 per entry, as
+        // the specification's examples want).
         Some(b'[') => {
             let rest = &first[start + 1..];
-            matches!(
-                rest.iter().find(|b| !b.is_ascii_whitespace()),
-                Some(b'{' | b']')
-            )
+            !matches!(rest.iter().find(|b| !b.is_ascii_whitespace()), Some(b'"'))
         }
         // MessagePack maps (a native hello) are not UTF-8 text.
         Some(_) => std::str::from_utf8(first).is_ok(),
@@ -93,7 +91,7 @@ mod tests {
             br#"{"hello":{"versions":["capwire/1"]}}"#
         ));
         assert!(!super::looks_like(br#"["push",["pipeline",0,["x"]]]"#));
-        assert!(!super::looks_like(b"[1, 2]"));
+        assert!(super::looks_like(b"[1, 2]"));
         assert!(!super::looks_like(&[0x81, 0xa5, b'h']));
     }
 }
