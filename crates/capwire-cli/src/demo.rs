@@ -177,7 +177,13 @@ fn serve_config() -> ServeConfig {
 /// `capwire demo serve`: serves the demo until interrupted. `stdio:` serves
 /// one session on this process's stdin and stdout, in the dialect of the
 /// peer's first message, until the peer closes it.
-pub(crate) async fn serve_forever(listen: &Address, framing: Framing) -> anyhow::Result<()> {
+pub(crate) async fn serve_forever(
+    listen: &Address,
+    framing: Framing,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = serve_config();
+    config.tokens = token.map(|t| capwire::auth::Tokens::new().with(t, "client"));
     let registry = Registry::new();
     let (tx, _rx) = mpsc::unbounded_channel();
     registry.serve_interface(service(tx))?.forget();
@@ -185,7 +191,7 @@ pub(crate) async fn serve_forever(listen: &Address, framing: Framing) -> anyhow:
     if matches!(listen, Address::Stdio) {
         eprintln!("serving \"{NAME}\" v{VERSION} on stdio");
         let transport = transport::stdio(&transport_config);
-        match dialect::serve(transport, registry, serve_config()).await? {
+        match dialect::serve(transport, registry, config).await? {
             Served::Native(session) => {
                 let status = session.closed().await;
                 tracing::info!(%status, "stdio session ended");
@@ -199,7 +205,6 @@ pub(crate) async fn serve_forever(listen: &Address, framing: Framing) -> anyhow:
     }
     let listener = Listener::bind(listen, transport_config).await?;
     outln!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
-    let config = serve_config();
     let grace = config.session.close_grace;
     let server = Server::start(listener, registry, config);
     shutdown_signal().await?;

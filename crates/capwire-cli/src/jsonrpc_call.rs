@@ -22,7 +22,8 @@ pub(crate) async fn call(
     framing: Framing,
 ) -> anyhow::Result<()> {
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    let config = TransportConfig::default().framing(framing);
+    let mut config = TransportConfig::default().framing(framing);
+    config.bearer = crate::bearer_token();
     let addr = address.parse()?;
     let t = phases
         .run("connecting to", transport::connect(&addr, &config))

@@ -140,6 +140,10 @@ enum DemoCommand {
         /// `ndjson` or `content-length` for JSON-RPC peers that speak them.
         #[arg(long, value_enum, default_value_t = FramingArg::Length)]
         framing: FramingArg,
+        /// Require this bearer token from every client (identity `client`);
+        /// clients of `capwire call` pass it in `CAPWIRE_TOKEN`.
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -244,9 +248,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo { listen, command } => {
             match command {
-                Some(DemoCommand::Serve { listen, framing }) => {
-                    demo::serve_forever(&listen.parse()?, framing.into()).await?
-                }
+                Some(DemoCommand::Serve {
+                    listen,
+                    framing,
+                    token,
+                }) => demo::serve_forever(&listen.parse()?, framing.into(), token).await?,
                 None => demo::tour(&listen.parse()?).await?,
             }
             Ok(ExitCode::SUCCESS)
@@ -628,14 +634,27 @@ async fn print_items(mut items: capwire::ItemStream) -> Result<(), Status> {
 /// Connects to `address` within the command's time, as a session.
 async fn connect(phases: &Phases, address: &str) -> anyhow::Result<Session> {
     let addr: Address = address.parse()?;
+    let token = bearer_token();
+    let mut transport_config = TransportConfig::default();
+    transport_config.bearer = token.clone();
     let t = phases
         .run(
             "connecting to",
-            transport::connect(&addr, &TransportConfig::default()),
+            transport::connect(&addr, &transport_config),
         )
         .await?
         .with_context(|| format!("cannot connect to {addr}"))?;
-    Ok(Session::new(t, Registry::new(), SessionConfig::default()))
+    let mut config = SessionConfig::default();
+    config.token = token;
+    Ok(Session::new(t, Registry::new(), config))
+}
+
+/// The bearer token `call` and `schema` present: `CAPWIRE_TOKEN` (an
+/// environment variable keeps it out of the shell history and `ps`).
+pub(crate) fn bearer_token() -> Option<String> {
+    std::env::var("CAPWIRE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
 }
 
 /// The peer's served interfaces (its runtime capability's `schemas`).

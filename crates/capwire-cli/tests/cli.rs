@@ -1215,3 +1215,54 @@ fn call_speaks_jsonrpc_when_asked() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `demo serve --token` admits only clients that present it
+/// (`CAPWIRE_TOKEN`), natively over TCP and as JSON-RPC over WebSocket; the
+/// others are told `unauthenticated` and exit 4.
+#[test]
+fn a_server_token_is_required_and_presented() {
+    use std::io::BufRead;
+    for (listen, dialect) in [
+        ("tcp://127.0.0.1:0", "native"),
+        ("ws://127.0.0.1:0/", "jsonrpc"),
+    ] {
+        let mut child = Command::new(BIN)
+            .args(["demo", "serve", "--listen", listen, "--token", "s3cret"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().expect("stdout");
+        let _server = Server(child);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("banner");
+        let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+        let call = |token: Option<&str>| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["call", "--dialect", dialect, &addr, "demo", "square", "[6]"]);
+            match token {
+                Some(t) => cmd.env("CAPWIRE_TOKEN", t),
+                None => cmd.env_remove("CAPWIRE_TOKEN"),
+            };
+            cmd.output().expect("run call")
+        };
+        let out = call(Some("s3cret"));
+        assert!(out.status.success(), "{dialect}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "36");
+        for token in [None, Some("wrong")] {
+            let out = call(token);
+            assert_eq!(
+                out.status.code(),
+                Some(4),
+                "{dialect} {token:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains("unauthenticated"),
+                "{dialect} {token:?}: {}",
+                stderr(&out)
+            );
+        }
+    }
+}

@@ -168,6 +168,9 @@ pub struct Hello {
     /// A token to resume an earlier session (when `"resume"` is negotiated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// A bearer token, for servers that require one (protocol.md §1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Hello {
@@ -179,6 +182,7 @@ impl Hello {
             limits: HelloLimits::default(),
             peer: None,
             resume: None,
+            token: None,
         }
     }
 }

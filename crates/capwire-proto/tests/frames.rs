@@ -101,8 +101,9 @@ fn arb_frame(codec: Codec) -> impl Strategy<Value = Frame> {
                     max_in_flight: None,
                     max_depth: max
                 },
+                token: resume.clone().map(|r| format!("t-{r}")),
                 peer,
-                resume
+                resume,
             })),
         (
             arb_u64(),

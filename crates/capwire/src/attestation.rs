@@ -52,8 +52,12 @@ pub struct Attestation {
     pub origin: Option<String>,
     /// The WebSocket request path.
     pub path: Option<String>,
-    /// An identity proved by a token the peer presented.
+    /// An identity proved by a token the peer presented (see [`crate::auth`]).
     pub identity: Option<String>,
+    /// The token the transport saw (a WebSocket or HTTP request's bearer
+    /// token), checked when the connection is served; never serialized.
+    #[serde(skip)]
+    pub(crate) presented: Option<crate::auth::Presented>,
 }
 
 impl Attestation {
@@ -66,6 +70,7 @@ impl Attestation {
             origin: None,
             path: None,
             identity: None,
+            presented: None,
         }
     }
 

@@ -235,6 +235,7 @@
 pub use capwire_proto as proto;
 
 pub mod attestation;
+pub mod auth;
 pub mod dialect;
 pub mod events;
 pub mod policy;

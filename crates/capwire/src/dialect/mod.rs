@@ -37,6 +37,11 @@ pub struct ServeConfig {
     /// For JSON-RPC peers: the separator, error classes, limits, and
     /// optionally a registry per connection.
     pub jsonrpc: jsonrpc::JsonRpcConfig,
+    /// When set, every connection must present one of these bearer tokens
+    /// (see [`crate::auth`]); the identity it proves becomes the
+    /// attestation's `identity`. Others get `unauthenticated` in their
+    /// dialect and are closed.
+    pub tokens: Option<crate::auth::Tokens>,
 }
 
 /// A connection being served, in the dialect its peer speaks.
@@ -156,6 +161,29 @@ pub async fn serve(
         .ok_or_else(|| Status::unavailable("the peer closed before its first message"))?;
     let dialect = detect_on(transport.attestation.transport, &first);
     let codec = capwire_proto::Codec::detect(&first).ok();
+    let presented = transport.attestation.presented.take();
+    if let Some(tokens) = &config.tokens {
+        let token = presented.map(|p| p.0).or_else(|| match dialect {
+            Dialect::Native => hello_token(&first),
+            _ => None,
+        });
+        match token.as_deref().and_then(|t| tokens.identify(t)) {
+            Some(identity) => transport.attestation.identity = Some(identity.to_owned()),
+            None => {
+                let status = Status::new(
+                    Code::Unauthenticated,
+                    if token.is_some() {
+                        "the bearer token presented is not valid here"
+                    } else {
+                        "this server requires a bearer token (an Authorization: Bearer header, \
+                         a token= query parameter, or the token field of hello)"
+                    },
+                );
+                refuse(transport.sender.clone(), dialect, codec, &status).await;
+                return Err(status);
+            }
+        }
+    }
     transport.receiver.unread(first);
     match dialect {
         Dialect::Native => {
@@ -185,6 +213,60 @@ pub async fn serve(
             )))
         }
     }
+}
+
+/// The token of a capwire/1 `hello`, if the frame is one.
+fn hello_token(first: &[u8]) -> Option<String> {
+    match capwire_proto::codec::decode(first) {
+        Ok((capwire_proto::Frame::Hello(hello), _)) => hello.token,
+        _ => None,
+    }
+}
+
+/// Tells a peer it is not admitted, in its dialect, and closes.
+async fn refuse(
+    sender: crate::transport::FrameSender,
+    dialect: Dialect,
+    codec: Option<capwire_proto::Codec>,
+    status: &Status,
+) {
+    use capwire_proto::{codec as wire, Frame, Goaway, Hello};
+    let frames: Vec<bytes::Bytes> = match dialect {
+        Dialect::Native => {
+            let codec = codec.unwrap_or(capwire_proto::Codec::Msgpack);
+            [
+                Frame::Hello(Hello::new()),
+                Frame::Goaway(Goaway {
+                    status: status.clone(),
+                    grace_ms: 0,
+                }),
+            ]
+            .iter()
+            .filter_map(|f| wire::encode(f, codec).ok().map(bytes::Bytes::from))
+            .collect()
+        }
+        Dialect::JsonRpc => {
+            let error = jsonrpc::ErrorClasses::new().to_error(status);
+            let message = serde_json::json!({"jsonrpc": "2.0", "error": error, "id": null});
+            vec![bytes::Bytes::from(message.to_string())]
+        }
+        Dialect::Capnweb => {
+            let message = serde_json::json!([
+                "abort",
+                [
+                    "error",
+                    "Error",
+                    format!("unauthenticated: {}", status.message)
+                ]
+            ]);
+            vec![bytes::Bytes::from(message.to_string())]
+        }
+    };
+    for frame in frames {
+        let _ = sender.send(frame).await;
+    }
+    let reason = crate::transport::CloseReason::new(1008, "unauthenticated");
+    let _ = sender.close(reason).await;
 }
 
 fn capnweb_main(registry: &Registry, name: Option<&str>) -> Result<Capability, Status> {

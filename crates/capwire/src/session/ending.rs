@@ -39,7 +39,12 @@ impl Shared {
         for answer in &answers {
             answer.running.stop();
         }
-        let failed = if status.code == Code::Unavailable {
+        // A refusal (unauthenticated, permission denied) is what every
+        // pending call learns, in its own code.
+        let failed = if matches!(
+            status.code,
+            Code::Unavailable | Code::Unauthenticated | Code::PermissionDenied
+        ) {
             status.clone()
         } else {
             Status::unavailable(format!("the connection closed: {status}"))

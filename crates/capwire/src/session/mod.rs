@@ -79,6 +79,8 @@ pub struct SessionConfig {
     /// Items a stream call grants up front, and the credit batch (half of
     /// it) given back as they are consumed. Default 32.
     pub stream_window: u32,
+    /// A bearer token sent in `hello`, for servers that require one.
+    pub token: Option<String>,
 }
 
 impl Default for SessionConfig {
@@ -92,6 +94,7 @@ impl Default for SessionConfig {
             close_grace: Duration::from_secs(5),
             event_buffer: 1024,
             stream_window: crate::stream::DEFAULT_WINDOW,
+            token: None,
         }
     }
 }
@@ -269,6 +272,7 @@ impl Session {
                 max_depth: u32::try_from(limits.max_depth).ok(),
             },
             peer: shared.config.peer_name.clone(),
+            token: shared.config.token.clone(),
             ..Hello::new()
         };
         shared.send_nowait(Frame::Hello(hello));

@@ -81,6 +81,19 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
     // A connection the peer announced it would close ends with its reason.
     let goaway = shared.lock().peer_goaway().cloned();
     let end = match goaway {
+        // A peer that refused us says why in its own code (a bearer token
+        // it does not accept: `unauthenticated`).
+        Some(g)
+            if end.code == Code::Unavailable
+                && matches!(g.code, Code::Unauthenticated | Code::PermissionDenied) =>
+        {
+            let mut status = Status::new(
+                g.code,
+                format!("the peer closed the connection: {}", g.message),
+            );
+            status.reason = g.reason.clone();
+            status
+        }
         Some(g) if end.code == Code::Unavailable => {
             Status::unavailable(format!("the peer closed the connection: {g}"))
         }

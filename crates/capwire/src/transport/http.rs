@@ -105,6 +105,11 @@ fn attestation(conn: &Conn, req: &Request<Incoming>, kind: TransportKind) -> Att
     att.peer_addr = conn.peer.clone();
     att.path = Some(req.uri().path().to_owned());
     att.origin = header_str(req, header::ORIGIN).map(str::to_owned);
+    let token = header_str(req, header::AUTHORIZATION)
+        .and_then(crate::auth::bearer)
+        .map(str::to_owned)
+        .or_else(|| req.uri().query().and_then(crate::auth::query_token));
+    att.presented = token.map(crate::auth::Presented);
     att
 }
 

@@ -29,6 +29,7 @@ struct Client {
     authority: String,
     path: String,
     max_frame_bytes: usize,
+    authorization: Option<HeaderValue>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
@@ -74,6 +75,9 @@ impl Client {
         if let Ok(host) = HeaderValue::from_str(&self.authority) {
             h.insert(header::HOST, host);
         }
+        if let Some(auth) = &self.authorization {
+            h.insert(header::AUTHORIZATION, auth.clone());
+        }
         let resp = sender
             .send_request(req)
             .await
@@ -109,6 +113,10 @@ pub(super) fn connect(authority: &str, path: &str, config: &TransportConfig) -> 
         authority: authority.to_owned(),
         path: path.to_owned(),
         max_frame_bytes: config.max_frame_bytes,
+        authorization: config
+            .bearer
+            .as_ref()
+            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()),
         idle: Mutex::new(Vec::new()),
     });
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(config.queue_frames.max(1));

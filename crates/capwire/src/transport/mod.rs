@@ -45,6 +45,9 @@ pub struct TransportConfig {
     pub queue_frames: usize,
     /// Most bytes the writer gathers into one write. Default 256 KiB.
     pub max_batch_bytes: usize,
+    /// A bearer token the connecting side presents where the transport
+    /// carries one (`Authorization` on WebSocket and HTTP requests).
+    pub bearer: Option<String>,
 }
 
 impl Default for TransportConfig {
@@ -54,6 +57,7 @@ impl Default for TransportConfig {
             framing: Framing::LengthPrefixed,
             queue_frames: 1024,
             max_batch_bytes: 256 * 1024,
+            bearer: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -159,10 +160,26 @@ pub(super) async fn connect(
         })?;
     let _ = tcp.set_nodelay(true);
     let peer = tcp.peer_addr().ok().map(|a| a.to_string());
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(ws_config(config)))
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| TransportError::WebSocket(format!("bad WebSocket URL {url}: {e}")))?;
+    if let Some(token) = &config.bearer {
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            TransportError::WebSocket("the bearer token is not a header value".into())
+        })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (ws, response) =
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config(config)))
             .await
-            .map_err(|e| TransportError::WebSocket(format!("handshake with {url} failed: {e}")))?;
+            .map_err(|e| match e {
+                WsError::Http(r) if r.status() == 401 => TransportError::WebSocket(format!(
+                    "{url} refused the connection: unauthenticated (a bearer token is required, or the one given is wrong)"
+                )),
+                e => TransportError::WebSocket(format!("handshake with {url} failed: {e}")),
+            })?;
+    drop(response);
     let mut att = Attestation::new(TransportKind::WebSocket);
     att.peer_addr = peer;
     att.path = Some(path.to_owned());

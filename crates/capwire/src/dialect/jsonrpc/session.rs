@@ -467,6 +467,16 @@ fn handle(inner: &Arc<Inner>, m: Message) -> Option<Work> {
 }
 
 fn on_response(inner: &Inner, id: &Json, outcome: Result<Json, ErrorObject>) {
+    // An error for no request in particular that says we are not admitted
+    // (a server that requires a token we lack): nothing will be answered.
+    if let (Json::Null, Err(e)) = (id, &outcome) {
+        let status = inner.config.errors.to_status(e);
+        if matches!(status.code, Code::Unauthenticated | Code::PermissionDenied) {
+            inner.end(status);
+            inner.sender.close_now(CloseReason::normal());
+            return;
+        }
+    }
     let n = id
         .as_str()
         .and_then(|s| s.strip_prefix(inner.prefix))
