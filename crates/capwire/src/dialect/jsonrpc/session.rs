@@ -360,7 +360,7 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
             last = Some(shared.clone());
             tokio::spawn(shared);
         } else {
-            tokio::spawn(work);
+            run_or_spawn(work).await;
         }
     };
     if inner.one_shot {
@@ -374,6 +374,22 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
     inner.end(end);
     // Answers the peer's close (a WebSocket close handshake completes).
     let _ = inner.sender.close(CloseReason::normal()).await;
+}
+
+/// Polls `work` once here: a handler that answers at once (most do) costs
+/// no task. One that waits is spawned and finishes on its own (the waker it
+/// registered here only wakes this loop once, spuriously).
+async fn run_or_spawn(work: BoxFuture<'static, ()>) {
+    let mut work = Some(work);
+    std::future::poll_fn(move |cx| {
+        if let Some(mut w) = work.take() {
+            if w.as_mut().poll(cx).is_pending() {
+                tokio::spawn(w);
+            }
+        }
+        std::task::Poll::Ready(())
+    })
+    .await
 }
 
 /// Decides one frame; what needs waiting for is returned as a task, with
