@@ -1266,3 +1266,39 @@ fn a_server_token_is_required_and_presented() {
         }
     }
 }
+
+/// A foreign WebSocket client (Node's `ws`) presents the demo server's
+/// token in a header or the query, and is refused without it.
+#[test]
+fn node_ws_client_presents_a_token() {
+    use std::io::BufRead;
+    let Some(dir) = interop() else { return };
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "serve",
+            "--listen",
+            "ws://127.0.0.1:0/",
+            "--token",
+            "s3 cret",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let out = Command::new("node")
+        .arg(dir.join("jsonrpc/token.mjs"))
+        .args([&addr, "s3 cret"])
+        .current_dir(&dir)
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(!text.contains("FAIL"), "{text}");
+}
