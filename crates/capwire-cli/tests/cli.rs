@@ -175,21 +175,38 @@ fn demo_server() -> (Server, String) {
 
 /// Starts `capwire demo serve --listen LISTEN`; returns it and its address.
 fn demo_server_on(listen: &str) -> (Server, String) {
+    demo_server_with(&["--listen", listen])
+}
+
+/// Starts `capwire demo serve ARGS…`; returns it and its address.
+fn demo_server_with(args: &[&str]) -> (Server, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "serve"]).args(args);
+    serving(cmd)
+}
+
+/// Spawns a server that prints its address as the last word of its first
+/// line (`capwire demo serve`, the interop servers); returns it and the
+/// address.
+fn serving(mut cmd: Command) -> (Server, String) {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .args(["demo", "serve", "--listen", listen])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn server");
     let stdout = child.stdout.take().expect("stdout");
-    let _server = Server(child);
+    let server = Server(child);
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
         .expect("banner");
     let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
     assert!(addr.contains("127.0.0.1:"), "{line}");
-    (_server, addr)
+    (server, addr)
+}
+
+/// Starts an interop script that serves (`node SCRIPT`, in `dir`).
+fn node_server(dir: &std::path::Path, script: &str) -> (Server, String) {
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script)).current_dir(dir);
+    serving(cmd)
 }
 
 #[test]
@@ -417,23 +434,10 @@ async fn rust_client_against_a_capnweb_server() {
     use capwire::transport::{self, TransportConfig};
     use capwire::{Capability, Code, Methods, Status, Value};
     use futures_util::StreamExt;
-    use std::io::BufRead;
 
     let Some(dir) = interop() else { return };
-    let mut child = Command::new("node")
-        .arg(dir.join("capnweb/server.mjs"))
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let stdout = child.stdout.take().expect("stdout");
-    let _server = Server(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("banner");
-    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
-    assert!(addr.starts_with("ws://127.0.0.1:"), "{line}");
+    let (_server, addr) = node_server(&dir, "capnweb/server.mjs");
+    assert!(addr.starts_with("ws://127.0.0.1:"), "{addr}");
 
     let t = transport::connect(&addr.parse().unwrap(), &TransportConfig::default())
         .await
@@ -895,7 +899,6 @@ async fn rust_client_against_a_json_rpc_2_0_server() {
     use capwire::dialect::jsonrpc::{ErrorClass, ErrorClasses, JsonRpcConfig, JsonRpcSession};
     use capwire::transport::{self, TransportConfig};
     use capwire::{Registry, Status};
-    use std::io::BufRead;
     use std::sync::{Arc, Mutex};
 
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
@@ -941,19 +944,7 @@ async fn rust_client_against_a_json_rpc_2_0_server() {
     }
 
     let Some(dir) = interop() else { return };
-    let mut child = Command::new("node")
-        .arg(dir.join("jsonrpc/server.mjs"))
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let stdout = child.stdout.take().expect("stdout");
-    let _server = Server(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("banner");
-    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let (_server, addr) = node_server(&dir, "jsonrpc/server.mjs");
 
     let progress = Arc::new(Mutex::new(Vec::new()));
     let registry = Registry::new();
@@ -1221,23 +1212,11 @@ fn call_speaks_jsonrpc_when_asked() {
 /// others are told `unauthenticated` and exit 4.
 #[test]
 fn a_server_token_is_required_and_presented() {
-    use std::io::BufRead;
     for (listen, dialect) in [
         ("tcp://127.0.0.1:0", "native"),
         ("ws://127.0.0.1:0/", "jsonrpc"),
     ] {
-        let mut child = Command::new(BIN)
-            .args(["demo", "serve", "--listen", listen, "--token", "s3cret"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
-        let stdout = child.stdout.take().expect("stdout");
-        let _server = Server(child);
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("banner");
-        let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+        let (_server, addr) = demo_server_with(&["--listen", listen, "--token", "s3cret"]);
         let call = |token: Option<&str>| {
             let mut cmd = Command::new(BIN);
             cmd.args(["call", "--dialect", dialect, &addr, "demo", "square", "[6]"]);
@@ -1271,27 +1250,9 @@ fn a_server_token_is_required_and_presented() {
 /// token in a header or the query, and is refused without it.
 #[test]
 fn node_ws_client_presents_a_token() {
-    use std::io::BufRead;
     let Some(dir) = interop() else { return };
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "serve",
-            "--listen",
-            "ws://127.0.0.1:0/",
-            "--token",
-            "s3 cret",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let stdout = child.stdout.take().expect("stdout");
-    let _server = Server(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("banner");
-    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let (_server, addr) =
+        demo_server_with(&["--listen", "ws://127.0.0.1:0/", "--token", "s3 cret"]);
     let out = Command::new("node")
         .arg(dir.join("jsonrpc/token.mjs"))
         .args([&addr, "s3 cret"])

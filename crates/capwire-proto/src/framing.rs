@@ -145,19 +145,14 @@ impl FrameDecoder {
         }
         match self.framing {
             _ if buf.is_empty() => Ok(None),
-            Framing::Ndjson if buf.iter().all(|b| b.is_ascii_whitespace()) => {
+            // Text framings: trailing blank space is no frame.
+            Framing::Ndjson | Framing::ContentLength
+                if buf.iter().all(|b| b.is_ascii_whitespace()) =>
+            {
                 buf.clear();
                 Ok(None)
             }
-            Framing::Ndjson => Err(FramingError::Truncated {
-                have: buf.len(),
-                need: buf.len() + 1,
-            }),
-            Framing::ContentLength if buf.iter().all(|b| b.is_ascii_whitespace()) => {
-                buf.clear();
-                Ok(None)
-            }
-            Framing::ContentLength => Err(FramingError::Truncated {
+            Framing::Ndjson | Framing::ContentLength => Err(FramingError::Truncated {
                 have: buf.len(),
                 need: buf.len() + 1,
             }),

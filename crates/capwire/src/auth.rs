@@ -77,6 +77,16 @@ impl fmt::Debug for Presented {
     }
 }
 
+/// True for the codes a peer refuses a connection with (a token it does
+/// not accept, a policy that says no): every pending call of the connection
+/// fails with that status as it is, not as `unavailable`.
+pub(crate) fn is_refusal(code: capwire_proto::Code) -> bool {
+    matches!(
+        code,
+        capwire_proto::Code::Unauthenticated | capwire_proto::Code::PermissionDenied
+    )
+}
+
 /// The token in an `Authorization: Bearer …` header value.
 pub(crate) fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;

@@ -379,9 +379,7 @@ impl Object for Capability {
         args: Value,
         ctx: CallContext,
     ) -> BoxFuture<'static, Result<Value, Status>> {
-        let timeout = ctx
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = ctx.time_left();
         self.call_with(method, args, CallOptions { timeout })
             .boxed()
     }

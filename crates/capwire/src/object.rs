@@ -167,6 +167,13 @@ impl CallContext {
         self.deadline
     }
 
+    /// What is left until the deadline, if the caller set one (zero once
+    /// it has passed).
+    pub(crate) fn time_left(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
     /// Resolves when the call is cancelled (by the caller, a deadline or revocation).
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await;

@@ -670,3 +670,72 @@ async fn one_port_serves_native_capnweb_and_jsonrpc() {
     let native = capwire::Session::new(t, Registry::new(), capwire::SessionConfig::default());
     assert!(native.ping().await.is_ok());
 }
+
+#[tokio::test]
+async fn our_requests_in_flight_are_bounded() {
+    let f = server("ws://127.0.0.1:0/").await;
+    let t = transport::connect(&f.addr, &TransportConfig::default())
+        .await
+        .unwrap();
+    let mut limits = Limits::default();
+    limits.max_in_flight_out = 1;
+    let session = JsonRpcSession::connect(t, Registry::new(), JsonRpcConfig::new().limits(limits));
+    let peer = session.peer();
+    let slow = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.request("calc/sleep", Some(json!([200])), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = peer
+        .request("calc/add", Some(json!([1, 2])), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+    assert_eq!(slow.await.unwrap().unwrap(), json!("slept"));
+    // Room again once it is answered.
+    assert_eq!(
+        peer.request("calc/add", Some(json!([1, 2])), None)
+            .await
+            .unwrap(),
+        json!(3)
+    );
+}
+
+#[tokio::test]
+async fn null_ids_may_be_in_flight_together() {
+    let f = server("ws://127.0.0.1:0/").await;
+    let mut raw = Raw::connect(&f.addr).await;
+    let null =
+        |ms: u64| json!({"jsonrpc": "2.0", "id": null, "method": "calc/sleep", "params": [ms]});
+    raw.send(null(100)).await;
+    raw.send(null(10)).await;
+    for _ in 0..2 {
+        let r = raw.recv().await;
+        assert_eq!(r["result"], "slept", "{r}");
+        assert!(r["id"].is_null());
+    }
+}
+
+#[tokio::test]
+async fn an_http_body_over_the_frame_limit_is_refused_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = server("ws://127.0.0.1:0/").await;
+    let Address::Ws { authority, .. } = &f.addr else {
+        panic!("a ws address")
+    };
+    let mut tcp = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .unwrap();
+    // Announced past the 16 MiB limit; no body follows.
+    tcp.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
+        .await
+        .expect("an answer without the body")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+}

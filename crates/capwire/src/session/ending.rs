@@ -41,10 +41,7 @@ impl Shared {
         }
         // A refusal (unauthenticated, permission denied) is what every
         // pending call learns, in its own code.
-        let failed = if matches!(
-            status.code,
-            Code::Unavailable | Code::Unauthenticated | Code::PermissionDenied
-        ) {
+        let failed = if status.code == Code::Unavailable || crate::auth::is_refusal(status.code) {
             status.clone()
         } else {
             Status::unavailable(format!("the connection closed: {status}"))

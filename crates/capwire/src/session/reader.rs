@@ -83,10 +83,7 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
     let end = match goaway {
         // A peer that refused us says why in its own code (a bearer token
         // it does not accept: `unauthenticated`).
-        Some(g)
-            if end.code == Code::Unavailable
-                && matches!(g.code, Code::Unauthenticated | Code::PermissionDenied) =>
-        {
+        Some(g) if end.code == Code::Unavailable && crate::auth::is_refusal(g.code) => {
             let mut status = Status::new(
                 g.code,
                 format!("the peer closed the connection: {}", g.message),

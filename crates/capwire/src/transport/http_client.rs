@@ -1,6 +1,6 @@
 //! The connecting side of `http://`: each frame sent is one `POST` with
 //! `Content-Type: application/json`, and each response body that is not
-//! empty is a frame received. Requests run concurrently over a small pool of
+//! empty is a frame received. Up to 64 requests run concurrently, over a pool of
 //! kept-alive connections (hyper's HTTP/1.1 client), so the order in which
 //! the server sees them is not guaranteed, as with any HTTP client. A
 //! request that fails (no connection, a status other than 200 or 204)
@@ -24,6 +24,10 @@ use crate::attestation::{Attestation, TransportKind};
 
 /// Idle connections kept for the next requests.
 const POOL: usize = 8;
+
+/// Requests in flight at once (each holds a connection): past it, frames
+/// wait in the send queue.
+const MAX_IN_FLIGHT: usize = 64;
 
 struct Client {
     authority: String,
@@ -123,6 +127,7 @@ pub(super) fn connect(authority: &str, path: &str, config: &TransportConfig) -> 
     let (in_tx, in_rx) = mpsc::channel::<Outgoing>(config.queue_frames.max(1));
     let sender = FrameSender::new(out_tx, config.max_frame_bytes);
     tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         while let Some(out) = out_rx.recv().await {
             let frame = match out {
                 Outgoing::Frame(f) => f,
@@ -131,9 +136,14 @@ pub(super) fn connect(authority: &str, path: &str, config: &TransportConfig) -> 
                     return;
                 }
             };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (client, in_tx) = (client.clone(), in_tx.clone());
             tokio::spawn(async move {
-                match client.post(frame).await {
+                let posted = client.post(frame).await;
+                drop(slot);
+                match posted {
                     Ok(Some(body)) => {
                         let _ = in_tx.send(Outgoing::Frame(body)).await;
                     }

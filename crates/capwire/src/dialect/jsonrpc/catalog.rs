@@ -56,7 +56,7 @@ impl MethodInfo {
             ps.iter()
                 .map(|p| {
                     let schema = p.get("schema").cloned().unwrap_or(Json::Bool(true));
-                    let is_cap = is_capability(&schema, &defs);
+                    let validator = compile(&schema, &defs);
                     Param {
                         integer: schema.get("type").and_then(Json::as_str) == Some("integer"),
                         name: p
@@ -64,8 +64,9 @@ impl MethodInfo {
                             .and_then(Json::as_str)
                             .unwrap_or_default()
                             .to_owned(),
-                        required: !accepts_null(&schema, &defs),
-                        validator: (!is_cap).then(|| compile(&schema, &defs)).flatten(),
+                        // An `Option` parameter's schema admits `null`.
+                        required: validator.as_ref().is_some_and(|v| !v.is_valid(&Json::Null)),
+                        validator: validator.filter(|_| !is_capability(&schema, &defs)),
                     }
                 })
                 .collect()
@@ -106,7 +107,7 @@ impl MethodInfo {
                 Some(other) => vec![other],
             });
         };
-        let args = match params {
+        let mut args = match params {
             None => Vec::new(),
             Some(Json::Array(v)) => {
                 if v.len() > decl.len() {
@@ -140,9 +141,13 @@ impl MethodInfo {
                 // Trailing absent optional parameters may stay absent.
                 args
             }
-            Some(_) => unreachable_params(),
+            Some(_) => {
+                return Err(invalid(
+                    "invalid params: params are an array or an object".into(),
+                    Json::Null,
+                ))
+            }
         };
-        let mut args = args;
         for (i, p) in decl.iter().enumerate() {
             if i >= args.len() {
                 if p.required {
@@ -242,11 +247,6 @@ fn list(names: &[&str]) -> String {
     }
 }
 
-fn unreachable_params() -> Vec<Json> {
-    // `classify` admits only arrays and objects as params.
-    Vec::new()
-}
-
 fn invalid(message: String, data: Json) -> ErrorObject {
     ErrorObject::new(INVALID_PARAMS, message).with_data(data)
 }
@@ -264,14 +264,6 @@ fn is_capability(schema: &Json, defs: &Json) -> bool {
         .get("properties")
         .and_then(|p| p.get("$cap"))
         .is_some()
-}
-
-/// True when the schema admits `null` (an `Option` parameter).
-fn accepts_null(schema: &Json, defs: &Json) -> bool {
-    match compile(schema, defs) {
-        Some(v) => v.is_valid(&Json::Null),
-        None => true,
-    }
 }
 
 fn compile(schema: &Json, defs: &Json) -> Option<jsonschema::Validator> {

@@ -157,18 +157,12 @@ fn write(out: &Out<'_>) -> Bytes {
 
 /// A response.
 pub(crate) fn response(id: &Json, outcome: &Result<Json, ErrorObject>) -> Bytes {
-    match outcome {
-        Ok(result) => write(&Out {
-            result: Some(result),
-            id: Some(id),
-            ..EMPTY
-        }),
-        Err(error) => write(&Out {
-            error: Some(error),
-            id: Some(id),
-            ..EMPTY
-        }),
-    }
+    write(&Out {
+        result: outcome.as_ref().ok(),
+        error: outcome.as_ref().err(),
+        id: Some(id),
+        ..EMPTY
+    })
 }
 
 /// A request (`id` set) or a notification.

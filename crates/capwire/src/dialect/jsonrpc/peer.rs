@@ -160,12 +160,7 @@ impl JsonRpcPeer {
     /// interface declares them), its notification methods as notifications.
     /// Results are checked against the interface's schema in debug builds.
     pub fn client<C: Client>(&self, name: &str) -> C {
-        let mut generator = schemars::SchemaGenerator::default();
-        let methods = C::describe(&mut generator);
-        let schema = serde_json::json!({
-            "methods": methods,
-            "$defs": generator.definitions().clone(),
-        });
+        let schema = crate::typed::interface_schema::<C>(name, "");
         C::from_cap(self.capability(name, Some(schema)))
     }
 
@@ -245,9 +240,7 @@ impl Object for PeerObject {
         async move {
             let info = self.info(&method);
             let params = self.params(info.as_deref(), &args)?;
-            let timeout = ctx
-                .deadline()
-                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let timeout = ctx.time_left();
             let full = format!("{}{}", self.prefix, method);
             let result = self.peer.request(&full, params, timeout).await?;
             if cfg!(debug_assertions) {

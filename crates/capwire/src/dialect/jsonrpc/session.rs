@@ -139,7 +139,8 @@ pub(crate) struct State {
 }
 
 /// A request id as a map key (numbers and strings kept apart; integers,
-/// the common case, without an allocation).
+/// the common case, without an allocation). A `null` id has none: nothing
+/// can name it to cancel it, and several may be in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum IdKey {
     Int(i64),
@@ -147,7 +148,6 @@ enum IdKey {
     /// Any other number, as written.
     Number(String),
     String(String),
-    Null,
 }
 
 impl IdKey {
@@ -161,7 +161,6 @@ impl IdKey {
                 IdKey::Number(n.to_string())
             }),
             Json::String(s) => Some(IdKey::String(s.clone())),
-            Json::Null => Some(IdKey::Null),
             _ => None,
         }
     }
@@ -326,33 +325,48 @@ impl JsonRpcSession {
 }
 
 async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
-    let mut batches = Vec::new();
     // The last frame holding notifications: later frames start after it, so
     // notifications take effect in order and before the requests behind them.
     let mut last: Option<Shared<BoxFuture<'static, ()>>> = None;
+    // Frames queued behind `last` while it runs: past `max_in_flight_in`,
+    // this loop waits for it rather than queue more (a peer cannot grow the
+    // queue without bound behind a notification that never finishes).
+    let mut behind = 0usize;
     let end = loop {
         let frame = match receiver.recv().await {
             Ok(Some(frame)) => frame,
             Ok(None) => break Status::unavailable("the peer closed the connection"),
             Err(e) => break Status::unavailable(format!("the connection failed: {e}")),
         };
-        let work = on_frame(&inner, &frame);
-        if inner.one_shot {
-            batches.push(work.map(|(w, _)| w));
-            break Status::unavailable("the HTTP request was answered");
-        }
-        let Some((work, ordered)) = work else {
+        let Some((work, ordered)) = on_frame(&inner, &frame) else {
+            if inner.one_shot {
+                break Status::unavailable("the HTTP request was answered");
+            }
             continue;
         };
-        if last.as_ref().is_some_and(|l| l.peek().is_some()) {
-            last = None;
+        if inner.one_shot {
+            // One HTTP request: its answer is all there is.
+            work.await;
+            break Status::unavailable("the HTTP request was answered");
+        }
+        if let Some(before) = &last {
+            if before.peek().is_none() && behind >= inner.config.limits.max_in_flight_in {
+                before.clone().await;
+            }
+            if before.peek().is_some() {
+                last = None;
+                behind = 0;
+            }
         }
         let work = match last.clone() {
-            Some(before) => async move {
-                before.await;
-                work.await
+            Some(before) => {
+                behind += 1;
+                async move {
+                    before.await;
+                    work.await
+                }
+                .boxed()
             }
-            .boxed(),
             None => work,
         };
         if ordered {
@@ -363,16 +377,9 @@ async fn read_loop(inner: Arc<Inner>, mut receiver: FrameReceiver) {
             run_or_spawn(work).await;
         }
     };
-    if inner.one_shot {
-        for work in batches.into_iter().flatten() {
-            work.await;
-        }
-        inner.end(end);
-        let _ = inner.sender.close(CloseReason::normal()).await;
-        return;
-    }
     inner.end(end);
-    // Answers the peer's close (a WebSocket close handshake completes).
+    // Answers the peer's close (a WebSocket close handshake completes), or
+    // ends the HTTP response.
     let _ = inner.sender.close(CloseReason::normal()).await;
 }
 
@@ -487,7 +494,7 @@ fn on_response(inner: &Inner, id: &Json, outcome: Result<Json, ErrorObject>) {
     // (a server that requires a token we lack): nothing will be answered.
     if let (Json::Null, Err(e)) = (id, &outcome) {
         let status = inner.config.errors.to_status(e);
-        if matches!(status.code, Code::Unauthenticated | Code::PermissionDenied) {
+        if crate::auth::is_refusal(status.code) {
             inner.end(status);
             inner.sender.close_now(CloseReason::normal());
             return;
@@ -530,9 +537,11 @@ fn cancel_request(inner: &Inner, params: Option<&Json>) {
     }
 }
 
-/// A served method found: its object, its name there, and what it is.
+/// A served method found: its object, the served name, the method's name
+/// there, and what it is.
 struct Target {
     object: Arc<dyn Object>,
+    name: String,
     member: String,
     info: Arc<MethodInfo>,
 }
@@ -566,90 +575,103 @@ fn resolve(inner: &Inner, method: &str) -> Result<Target, ErrorObject> {
     };
     Ok(Target {
         object,
+        name: name.to_owned(),
         member: member.to_owned(),
         info,
     })
 }
 
-/// Runs a request (with `id`) or a notification; the response for a request.
-fn run(inner: &Arc<Inner>, id: Option<Json>, method: String, params: Option<Json>) -> Work {
-    let reply = {
-        let id = id.clone();
-        move |outcome: Result<Json, ErrorObject>| id.map(|id| message::response(&id, &outcome))
-    };
-    let Target {
-        object,
-        member,
-        info,
-    } = match resolve(inner, &method) {
-        Ok(found) => found,
-        Err(e) => return async move { reply(Err(e)) }.boxed(),
-    };
-    let args = match info.bind(params) {
-        Ok(args) => args,
-        Err(e) => return async move { reply(Err(e)) }.boxed(),
-    };
-    let args = match Value::new(&args) {
-        Ok(v) => v,
-        Err(s) => {
-            let e = inner.config.errors.to_error(&s);
-            return async move { reply(Err(e)) }.boxed();
-        }
-    };
-    if info.kind == Kind::Stream && (inner.one_shot || id.is_none()) {
-        let e = inner.config.errors.to_error(&Status::new(
+/// A request admitted: what to call, with what, and how to stop it.
+struct Admitted {
+    target: Target,
+    args: Value,
+    serial: u64,
+    cancel: CancellationToken,
+}
+
+/// Resolves, binds and admits a request (or notification): any failure is
+/// its error response.
+fn admit(
+    inner: &Inner,
+    id: Option<&Json>,
+    method: &str,
+    params: Option<Json>,
+) -> Result<Admitted, ErrorObject> {
+    let target = resolve(inner, method)?;
+    let args = target.info.bind(params)?;
+    let args = Value::new(&args).map_err(|s| inner.config.errors.to_error(&s))?;
+    if target.info.kind == Kind::Stream && (inner.one_shot || id.is_none()) {
+        return Err(inner.config.errors.to_error(&Status::new(
             Code::FailedPrecondition,
             format!(
                 "`{method}` is a stream: its items are notifications, which need a request \
                  (with an id) on a connection that carries them (WebSocket, stdio)"
             ),
-        ));
-        return async move { reply(Err(e)) }.boxed();
+        )));
     }
-    // Admission: within the limit, under a fresh serial.
-    let cancel = CancellationToken::new();
-    let serial = {
-        let mut state = inner.lock();
-        if let Some(status) = &state.ended {
-            let e = inner.config.errors.to_error(status);
-            drop(state);
-            return async move { reply(Err(e)) }.boxed();
-        }
-        if state.requests.len() >= inner.config.limits.max_in_flight_in {
-            let status = Status::limit(
-                Reason::MAX_CONCURRENT_CALLS,
-                inner.config.limits.max_in_flight_in as u64,
-            );
-            let e = inner.config.errors.to_error(&status);
-            drop(state);
-            return async move { reply(Err(e)) }.boxed();
-        }
-        let key = id.as_ref().and_then(IdKey::of);
-        if let Some(key) = &key {
-            if state.by_id.contains_key(key) {
-                let e = ErrorObject::new(
-                    INVALID_REQUEST,
-                    "invalid request: this id is already used by a request in flight",
-                );
-                drop(state);
-                return async move { reply(Err(e)) }.boxed();
-            }
-        }
-        state.next_request += 1;
-        let serial = state.next_request;
-        let kind = if info.kind == Kind::Stream {
-            AnswerKind::Stream
-        } else {
-            AnswerKind::Plain
-        };
-        state
-            .requests
-            .insert(serial, None, kind, false, cancel.clone());
-        if let Some(key) = key {
-            state.by_id.insert(key, serial);
-        }
-        serial
+    let mut state = inner.lock();
+    if let Some(status) = &state.ended {
+        return Err(inner.config.errors.to_error(status));
+    }
+    let limit = inner.config.limits.max_in_flight_in;
+    if state.requests.len() >= limit {
+        let status = Status::limit(Reason::MAX_CONCURRENT_CALLS, limit as u64);
+        return Err(inner.config.errors.to_error(&status));
+    }
+    let key = id.and_then(IdKey::of);
+    if key.as_ref().is_some_and(|k| state.by_id.contains_key(k)) {
+        return Err(ErrorObject::new(
+            INVALID_REQUEST,
+            "invalid request: this id is already used by a request in flight",
+        ));
+    }
+    state.next_request += 1;
+    let serial = state.next_request;
+    let kind = if target.info.kind == Kind::Stream {
+        AnswerKind::Stream
+    } else {
+        AnswerKind::Plain
     };
+    let cancel = CancellationToken::new();
+    state
+        .requests
+        .insert(serial, None, kind, false, cancel.clone());
+    if let Some(key) = key {
+        state.by_id.insert(key, serial);
+    }
+    Ok(Admitted {
+        target,
+        args,
+        serial,
+        cancel,
+    })
+}
+
+/// Runs a request (with `id`) or a notification; the response for a request.
+fn run(inner: &Arc<Inner>, id: Option<Json>, method: String, params: Option<Json>) -> Work {
+    let reply = move |id: Option<Json>, outcome: Result<Json, ErrorObject>| {
+        id.map(|id| message::response(&id, &outcome))
+    };
+    let Admitted {
+        target,
+        args,
+        serial,
+        cancel,
+    } = match admit(inner, id.as_ref(), &method, params) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            if id.is_none() {
+                tracing::debug!(%method, error = %e.message, "a JSON-RPC notification was refused");
+            }
+            return async move { reply(id, Err(e)) }.boxed();
+        }
+    };
+    let Target {
+        object,
+        name,
+        member,
+        info,
+    } = target;
     let ctx = CallContext {
         method: member.as_str().into(),
         call_id: Some(serial),
@@ -663,10 +685,7 @@ fn run(inner: &Arc<Inner>, id: Option<Json>, method: String, params: Option<Json
             Kind::Stream => {
                 let subscription = id.clone().unwrap_or(Json::Null);
                 let item_method = format!(
-                    "{}{}{}",
-                    method
-                        .rsplit_once(inner.config.separator.as_char())
-                        .map_or("", |(name, _)| name),
+                    "{name}{}{}",
                     inner.config.separator.as_char(),
                     info.item.as_deref().unwrap_or(&member)
                 );
@@ -694,12 +713,10 @@ fn run(inner: &Arc<Inner>, id: Option<Json>, method: String, params: Option<Json
             }
         }
         let outcome = outcome.map_err(|s| inner.config.errors.to_error(&s));
-        if id.is_none() {
-            if let Err(e) = &outcome {
-                tracing::debug!(%method, error = %e.message, "a JSON-RPC notification failed");
-            }
+        if let (None, Err(e)) = (&id, &outcome) {
+            tracing::debug!(%method, error = %e.message, "a JSON-RPC notification failed");
         }
-        reply(outcome)
+        reply(id, outcome)
     }
     .boxed()
 }
