@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use capwire::dialect::{self, ServeConfig, Served, Server};
-use capwire::proto::Framing;
 use capwire::transport::{self, Address, Listener, TransportConfig};
 use capwire::typed::{sink, ItemsOf, Sink, Source};
 use capwire::{path, CallOptions, Code, Registry, Session, SessionConfig, Status, Value};
@@ -179,7 +178,7 @@ fn serve_config() -> ServeConfig {
 /// peer's first message, until the peer closes it.
 pub(crate) async fn serve_forever(
     listen: &Address,
-    framing: Framing,
+    transport_config: TransportConfig,
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = serve_config();
@@ -187,7 +186,6 @@ pub(crate) async fn serve_forever(
     let registry = Registry::new();
     let (tx, _rx) = mpsc::unbounded_channel();
     registry.serve_interface(service(tx))?.forget();
-    let transport_config = TransportConfig::default().framing(framing);
     if matches!(listen, Address::Stdio) {
         eprintln!("serving \"{NAME}\" v{VERSION} on stdio");
         let transport = transport::stdio(&transport_config);

@@ -41,6 +41,18 @@ pub(crate) trait DemoRpc {
     async fn notify(&self, tag: String) -> Result<(), Status>;
     /// The tags notified on this connection, in order.
     async fn notified(&self) -> Result<Vec<String>, Status>;
+    /// What the server knows of the caller: the identity a token or a TLS
+    /// client certificate proved, and whether the connection is TLS.
+    async fn whoami(&self) -> Result<Caller, Status>;
+}
+
+/// The answer of `demo/whoami`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub(crate) struct Caller {
+    /// The proved identity, if any.
+    pub(crate) identity: Option<String>,
+    /// Whether the connection runs over TLS.
+    pub(crate) tls: bool,
 }
 
 /// What the demo calls on its JSON-RPC clients (they implement it; the
@@ -102,6 +114,15 @@ impl DemoRpc for Connection {
     }
     async fn notified(&self) -> Result<Vec<String>, Status> {
         Ok(self.tags.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    async fn whoami(&self) -> Result<Caller, Status> {
+        let ctx = capwire::typed::context()
+            .ok_or_else(|| Status::new(Code::Internal, "no call context"))?;
+        let att = ctx.attestation();
+        Ok(Caller {
+            identity: att.identity.clone(),
+            tls: att.tls,
+        })
     }
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use capwire::dialect::jsonrpc::{JsonRpcConfig, JsonRpcSession};
-use capwire::proto::Framing;
 use capwire::transport::{self, TransportConfig};
 use capwire::Registry;
 
@@ -19,10 +18,9 @@ pub(crate) async fn call(
     method: &str,
     args: serde_json::Value,
     timeout_ms: u64,
-    framing: Framing,
+    mut config: TransportConfig,
 ) -> anyhow::Result<()> {
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    let mut config = TransportConfig::default().framing(framing);
     config.bearer = crate::bearer_token();
     let addr = address.parse()?;
     let t = phases

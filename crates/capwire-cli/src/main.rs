@@ -24,6 +24,7 @@ mod demo_rpc;
 mod jsonrpc_call;
 mod phases;
 mod signatures;
+mod tls;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -112,6 +113,8 @@ enum Command {
         /// tcp://, unix:// or exec:).
         #[arg(long, value_enum, default_value_t = FramingArg::Length)]
         framing: FramingArg,
+        #[command(flatten)]
+        tls: tls::ClientTlsArgs,
     },
     /// Print the interfaces a peer serves, as JSON Schema or TypeScript.
     Schema {
@@ -123,6 +126,22 @@ enum Command {
         /// Give up after this many milliseconds: connecting and asking together.
         #[arg(long, default_value_t = DEFAULT_TIMEOUT_MS)]
         timeout_ms: u64,
+        #[command(flatten)]
+        tls: tls::ClientTlsArgs,
+    },
+    /// Write a development CA and certificates signed by it, for TLS on
+    /// your own machines: ca.pem, server.pem and server.key, and NAME.pem
+    /// and NAME.key for each --client NAME (mutual TLS).
+    Certs {
+        /// The directory to write them in (created if missing).
+        dir: PathBuf,
+        /// A name the server is reached by (DNS name or IP address); repeat
+        /// for several.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        hosts: Vec<String>,
+        /// A client certificate with this identity; repeat for several.
+        #[arg(long = "client")]
+        clients: Vec<String>,
     },
     /// Decode and encode capwire/1 frames.
     #[command(subcommand)]
@@ -144,6 +163,8 @@ enum DemoCommand {
         /// clients of `capwire call` pass it in `CAPWIRE_TOKEN`.
         #[arg(long)]
         token: Option<String>,
+        #[command(flatten)]
+        tls: tls::ServerTlsArgs,
     },
 }
 
@@ -252,7 +273,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     listen,
                     framing,
                     token,
-                }) => demo::serve_forever(&listen.parse()?, framing.into(), token).await?,
+                    tls,
+                }) => {
+                    let transport =
+                        tls.apply(TransportConfig::default().framing(framing.into()))?;
+                    demo::serve_forever(&listen.parse()?, transport, token).await?
+                }
                 None => demo::tour(&listen.parse()?).await?,
             }
             Ok(ExitCode::SUCCESS)
@@ -267,7 +293,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream,
             dialect,
             framing,
+            tls,
         } => {
+            let transport = tls.apply(TransportConfig::default().framing(framing.into()))?;
             if dialect == DialectArg::Jsonrpc {
                 let Some(method) = method else {
                     return Err(
@@ -276,8 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let args: serde_json::Value = serde_json::from_str(&args)
                     .map_err(|e| Usage(format!("the arguments are not JSON: {e}")))?;
-                jsonrpc_call::call(&address, &name, &method, args, timeout_ms, framing.into())
-                    .await?;
+                jsonrpc_call::call(&address, &name, &method, args, timeout_ms, transport).await?;
                 return Ok(ExitCode::SUCCESS);
             }
             let target = Target {
@@ -285,13 +312,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 name: &name,
                 version: version.as_deref(),
             };
-            call(target, method.as_deref(), &args, timeout_ms, stream).await
+            call(
+                target,
+                method.as_deref(),
+                &args,
+                timeout_ms,
+                stream,
+                transport,
+            )
+            .await
         }
         Command::Schema {
             address,
             ts,
             timeout_ms,
-        } => schema(&address, ts, timeout_ms).await,
+            tls,
+        } => {
+            schema(
+                &address,
+                ts,
+                timeout_ms,
+                tls.apply(TransportConfig::default())?,
+            )
+            .await
+        }
+        Command::Certs {
+            dir,
+            hosts,
+            clients,
+        } => {
+            tls::write_certs(&dir, &hosts, &clients)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Frames(FramesCommand::Decode {
             input,
             framing,
@@ -333,6 +385,7 @@ async fn call(
     args: &str,
     timeout_ms: u64,
     stream: bool,
+    transport: TransportConfig,
 ) -> anyhow::Result<ExitCode> {
     let Target {
         address,
@@ -342,7 +395,7 @@ async fn call(
     let mut args: serde_json::Value = serde_json::from_str(args)
         .map_err(|e| Usage(format!("arguments are not JSON: {args} ({e})")))?;
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    let session = connect(&phases, address).await?;
+    let session = connect(&phases, address, transport).await?;
     // The interface's schema: to list its methods, to turn named arguments
     // into positional ones, and to suggest a method for a typo.
     let interface = interface_of(&session, &phases, name);
@@ -536,9 +589,14 @@ async fn encode(codec: Codec, framing: Framing) -> anyhow::Result<ExitCode> {
 
 /// `capwire schema ADDRESS [--ts]`: asks the peer's runtime capability for
 /// the interfaces it serves.
-async fn schema(address: &str, ts: bool, timeout_ms: u64) -> anyhow::Result<ExitCode> {
+async fn schema(
+    address: &str,
+    ts: bool,
+    timeout_ms: u64,
+    transport: TransportConfig,
+) -> anyhow::Result<ExitCode> {
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    let session = connect(&phases, address).await?;
+    let session = connect(&phases, address, transport).await?;
     let schemas = list_schemas(&session, &phases)
         .await?
         .map_err(|s| anyhow::anyhow!("the peer did not list its schemas: {s}"))?;
@@ -604,7 +662,12 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             use capwire::transport::TransportError as E;
             if matches!(
                 t,
-                E::Connect { .. } | E::Io(_) | E::WebSocket(_) | E::ClosedByPeer(_) | E::Closed
+                E::Connect { .. }
+                    | E::Io(_)
+                    | E::Tls(_)
+                    | E::WebSocket(_)
+                    | E::ClosedByPeer(_)
+                    | E::Closed
             ) {
                 return exit::UNREACHABLE;
             }
@@ -632,10 +695,13 @@ async fn print_items(mut items: capwire::ItemStream) -> Result<(), Status> {
 }
 
 /// Connects to `address` within the command's time, as a session.
-async fn connect(phases: &Phases, address: &str) -> anyhow::Result<Session> {
+async fn connect(
+    phases: &Phases,
+    address: &str,
+    mut transport_config: TransportConfig,
+) -> anyhow::Result<Session> {
     let addr: Address = address.parse()?;
     let token = bearer_token();
-    let mut transport_config = TransportConfig::default();
     transport_config.bearer = token.clone();
     let t = phases
         .run(

@@ -1263,3 +1263,124 @@ fn node_ws_client_presents_a_token() {
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(!text.contains("FAIL"), "{text}");
 }
+
+/// `capwire certs` writes a CA, a server certificate and client ones; the
+/// private keys are readable by their owner only.
+fn certs(dir: &std::path::Path) {
+    let out = run(
+        &[
+            "certs",
+            dir.to_str().expect("utf-8 path"),
+            "--client",
+            "alice",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "alice.pem",
+        "alice.key",
+    ] {
+        assert!(dir.join(file).exists(), "{file}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("alice.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+fn tls_server(certs: &std::path::Path, listen: &str, mutual: bool) -> (Server, String) {
+    let file = |name: &str| certs.join(name).to_str().expect("utf-8").to_owned();
+    let mut args = vec![
+        "--listen".to_owned(),
+        listen.to_owned(),
+        "--tls-cert".to_owned(),
+        file("server.pem"),
+        "--tls-key".to_owned(),
+        file("server.key"),
+    ];
+    if mutual {
+        args.extend(["--tls-client-ca".to_owned(), file("ca.pem")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    demo_server_with(&args)
+}
+
+/// Two processes over TLS with the files `capwire certs` wrote: `call`
+/// over tls:// and wss:// trusting the CA, mutual TLS with a client
+/// certificate, and the refusals without them.
+#[test]
+fn call_over_tls_with_generated_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let ca = file("ca.pem");
+    for listen in ["tls://127.0.0.1:0", "wss://127.0.0.1:0/"] {
+        let (_server, addr) = tls_server(dir.path(), listen, false);
+        let out = run(
+            &["call", &addr, "demo", "square", "[12]", "--tls-ca", &ca],
+            b"",
+        );
+        assert!(out.status.success(), "{addr}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "144");
+        // Without the CA the system roots do not know it.
+        let out = run(&["call", &addr, "demo", "square", "[12]"], b"");
+        assert_eq!(out.status.code(), Some(3), "{addr}: {}", stderr(&out));
+        // (or, on a machine without a CA bundle, there are no system roots)
+        let text = stderr(&out);
+        assert!(
+            text.contains("UnknownIssuer") || text.contains("no system root"),
+            "{text}"
+        );
+    }
+    let (_server, addr) = tls_server(dir.path(), "wss://127.0.0.1:0/", true);
+    let (cert, key) = (file("alice.pem"), file("alice.key"));
+    let args = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let mut whoami = vec!["call", "--dialect", "jsonrpc", &addr, "demo", "whoami"];
+    whoami.extend(args);
+    let out = run(&whoami, b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(got, serde_json::json!({"identity": "alice", "tls": true}));
+    let out = run(
+        &["call", &addr, "demo", "square", "[3]", "--tls-ca", &ca],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("CertificateRequired"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A foreign client (Node's `ws`) over wss://, trusting the generated CA;
+/// with mutual TLS it presents a client certificate whose name the server
+/// sees as the caller's identity.
+#[test]
+fn node_ws_client_over_wss() {
+    let Some(interop) = interop() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs(dir.path());
+    for (mode, mutual) in [("tls", false), ("mtls", true)] {
+        let (_server, addr) = tls_server(dir.path(), "wss://127.0.0.1:0/", mutual);
+        let url = addr.replace("127.0.0.1", "localhost");
+        let out = Command::new("node")
+            .arg(interop.join("jsonrpc/tls.mjs"))
+            .args([&url, dir.path().to_str().expect("utf-8"), mode])
+            .current_dir(&interop)
+            .output()
+            .expect("run node");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{mode}: {text}\n{}", stderr(&out));
+        assert!(!text.contains("FAIL"), "{text}");
+    }
+}

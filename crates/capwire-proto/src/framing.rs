@@ -81,6 +81,12 @@ fn misframed(prefix: &[u8]) -> Option<&'static str> {
              clients need the server's ws:// address",
         );
     }
+    if matches!(prefix, [0x16, 3, ..]) {
+        return Some(
+            "a TLS handshake arrived on a plain port: this port speaks capwire/1 without TLS \
+             (use tcp:// or unix://), or the server needs a certificate to serve tls://",
+        );
+    }
     if prefix.starts_with(b"HTTP") {
         return Some(
             "an HTTP response arrived where length-prefixed capwire/1 frames were expected: \
@@ -521,6 +527,7 @@ mod tests {
             (&b"HTTP/1.1 400 Bad Request\r\n"[..], "an HTTP response"),
             (&b"{\"hello\":{\"v\":1}}\n"[..], "ndjson"),
             (&b"  [\"push\"]"[..], "ndjson"),
+            (&[0x16, 3, 1, 2, 0, 1, 0, 1][..], "TLS handshake"),
         ] {
             let mut buf = BytesMut::from(input);
             match d.decode(&mut buf) {

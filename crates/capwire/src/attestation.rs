@@ -52,8 +52,14 @@ pub struct Attestation {
     pub origin: Option<String>,
     /// The WebSocket request path.
     pub path: Option<String>,
-    /// An identity proved by a token the peer presented (see [`crate::auth`]).
+    /// An identity the peer proved: by a bearer token it presented (see
+    /// [`crate::auth`]), or else by a verified TLS client certificate (its
+    /// first subject alternative name, or its common name).
     pub identity: Option<String>,
+    /// Whether the connection runs over TLS.
+    pub tls: bool,
+    /// The peer's TLS certificate, when it presented one that verified.
+    pub certificate: Option<crate::transport::PeerCertificate>,
     /// The token the transport saw (a WebSocket or HTTP request's bearer
     /// token), checked when the connection is served; never serialized.
     #[serde(skip)]
@@ -70,6 +76,8 @@ impl Attestation {
             origin: None,
             path: None,
             identity: None,
+            tls: false,
+            certificate: None,
             presented: None,
         }
     }

@@ -11,31 +11,41 @@ use super::TransportError;
 /// | form | meaning |
 /// |---|---|
 /// | `tcp://127.0.0.1:7000` | TCP |
+/// | `tls://example.com:7000` | TCP with TLS |
 /// | `unix:///run/x.sock` (or `unix:rel.sock`) | Unix domain socket |
-/// | `ws://127.0.0.1:7000/path` | WebSocket (no TLS) |
+/// | `ws://127.0.0.1:7000/path` | WebSocket |
+/// | `wss://example.com:7000/path` | WebSocket with TLS |
 /// | `http://127.0.0.1:7000/path` | HTTP POSTs, one message each (connecting); the same port as `ws://` (listening) |
+/// | `https://example.com:7000/path` | the same with TLS, as `wss://` |
 /// | `stdio:` | this process's stdin/stdout |
 /// | `exec:CMD ARGS…` | a child process's stdin/stdout (shell-style quoting) |
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
     /// `tcp://HOST:PORT`.
     Tcp(String),
+    /// `tls://HOST:PORT`: TCP with TLS.
+    Tls(String),
     /// `unix://PATH`.
     Unix(PathBuf),
-    /// `ws://HOST:PORT/PATH`.
+    /// `ws://HOST:PORT/PATH`, or `wss://` with TLS.
     Ws {
         /// `HOST:PORT`.
         authority: String,
         /// The request path, starting with `/`.
         path: String,
+        /// `wss://`: over TLS.
+        tls: bool,
     },
     /// `http://HOST:PORT/PATH`: to connect, each message is one `POST`
     /// (JSON-RPC over HTTP); to listen, the same as [`Address::Ws`].
+    /// `https://` with TLS.
     Http {
         /// `HOST:PORT`.
         authority: String,
         /// The request path, starting with `/`.
         path: String,
+        /// `https://`: over TLS.
+        tls: bool,
     },
     /// `stdio:`.
     Stdio,
@@ -75,37 +85,38 @@ impl FromStr for Address {
             let authority = rest.trim_end_matches('/');
             check_authority(input, authority)?;
             Ok(Address::Tcp(authority.to_owned()))
+        } else if let Some(rest) = input.strip_prefix("tls://") {
+            let authority = rest.trim_end_matches('/');
+            check_authority(input, authority)?;
+            Ok(Address::Tls(authority.to_owned()))
         } else if let Some(rest) = input.strip_prefix("unix:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
                 return Err(bad(input, "missing socket path"));
             }
             Ok(Address::Unix(PathBuf::from(path)))
-        } else if let Some(rest) = input.strip_prefix("ws://") {
+        } else if let Some((scheme, rest)) = input
+            .split_once("://")
+            .filter(|(scheme, _)| matches!(*scheme, "ws" | "wss" | "http" | "https"))
+        {
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
             };
             check_authority(input, authority)?;
-            Ok(Address::Ws {
-                authority: authority.to_owned(),
-                path: path.to_owned(),
+            let (authority, path) = (authority.to_owned(), path.to_owned());
+            Ok(match scheme {
+                "ws" | "wss" => Address::Ws {
+                    authority,
+                    path,
+                    tls: scheme == "wss",
+                },
+                _ => Address::Http {
+                    authority,
+                    path,
+                    tls: scheme == "https",
+                },
             })
-        } else if let Some(rest) = input.strip_prefix("http://") {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            check_authority(input, authority)?;
-            Ok(Address::Http {
-                authority: authority.to_owned(),
-                path: path.to_owned(),
-            })
-        } else if input.starts_with("wss://") || input.starts_with("https://") {
-            Err(bad(
-                input,
-                "TLS (wss://, https://) is not supported; put a TLS proxy in front",
-            ))
         } else if input == "stdio:" || input == "stdio" {
             Ok(Address::Stdio)
         } else if let Some(rest) = input.strip_prefix("exec:") {
@@ -119,7 +130,8 @@ impl FromStr for Address {
         } else {
             Err(bad(
                 input,
-                "expected tcp://HOST:PORT, unix://PATH, ws://HOST:PORT/PATH, http://HOST:PORT/PATH, stdio: or exec:CMD",
+                "expected tcp://HOST:PORT, tls://HOST:PORT, unix://PATH, ws[s]://HOST:PORT/PATH, \
+                 http[s]://HOST:PORT/PATH, stdio: or exec:CMD",
             ))
         }
     }
@@ -129,9 +141,24 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Tcp(a) => write!(f, "tcp://{a}"),
+            Address::Tls(a) => write!(f, "tls://{a}"),
             Address::Unix(p) => write!(f, "unix://{}", p.display()),
-            Address::Ws { authority, path } => write!(f, "ws://{authority}{path}"),
-            Address::Http { authority, path } => write!(f, "http://{authority}{path}"),
+            Address::Ws {
+                authority,
+                path,
+                tls,
+            } => {
+                let s = if *tls { "s" } else { "" };
+                write!(f, "ws{s}://{authority}{path}")
+            }
+            Address::Http {
+                authority,
+                path,
+                tls,
+            } => {
+                let s = if *tls { "s" } else { "" };
+                write!(f, "http{s}://{authority}{path}")
+            }
             Address::Stdio => f.write_str("stdio:"),
             Address::Exec { program, args } => {
                 let words = std::iter::once(program).chain(args);
@@ -157,6 +184,9 @@ mod tests {
             "ws://127.0.0.1:7000/rpc",
             "ws://localhost:80/",
             "http://127.0.0.1:7000/rpc",
+            "tls://localhost:7001",
+            "wss://localhost:7002/rpc",
+            "https://[::1]:7003/",
             "stdio:",
             "exec:my-agent --flag 'two words'",
         ] {
@@ -176,7 +206,8 @@ mod tests {
             "ws://h:1".parse::<Address>().expect("ws"),
             Address::Ws {
                 authority: "h:1".into(),
-                path: "/".into()
+                path: "/".into(),
+                tls: false,
             }
         );
         assert_eq!(
@@ -193,11 +224,11 @@ mod tests {
             ("tcp://h:99999", "port"),
             ("unix:", "missing socket path"),
             ("ws://h:x/", "port"),
-            ("wss://h:1/", "TLS"),
+            ("wss://h/", "HOST:PORT"),
+            ("tls://h", "HOST:PORT"),
             ("exec:", "missing command"),
             ("exec:'unterminated", "unbalanced"),
             ("ftp://h:1", "expected tcp://"),
-            ("https://h:1/", "TLS"),
             ("http://h/", "HOST:PORT"),
         ] {
             let err = s.parse::<Address>().expect_err(s).to_string();

@@ -38,26 +38,50 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 struct Conn {
     accepted: mpsc::Sender<Transport>,
     config: TransportConfig,
-    peer: Option<String>,
+    /// What the connection itself established: the peer's address and,
+    /// over TLS, its certificate.
+    base: Attestation,
 }
 
 type Body = Full<Bytes>;
 
-/// Serves one accepted TCP connection until it closes.
+/// The hint a raw capwire/1 client on this port is given.
+const RAW_ON_HTTP_PORT: &str = "this port speaks WebSocket and HTTP: connect with its ws:// \
+     address; raw capwire/1 clients (tcp://, unix://) need the server's raw capwire/1 port";
+
+/// Serves one accepted TCP connection until it closes: over TLS when the
+/// listener has a certificate, else in plain text.
 pub(super) async fn serve_connection(
     mut tcp: TcpStream,
     accepted: mpsc::Sender<Transport>,
     config: TransportConfig,
 ) {
     let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().ok().map(|a| a.to_string());
+    let mut base = Attestation::new(TransportKind::WebSocket);
+    base.peer_addr = tcp.peer_addr().ok().map(|a| a.to_string());
+    if let Some(tls) = config.tls_server.clone() {
+        match super::tls::accept(tcp, &tls, &mut base, "wss:// or https://").await {
+            Ok(stream) => serve_http(TokioIo::new(stream), accepted, config, base).await,
+            Err(e) => tracing::debug!(error = %e, peer = ?base.peer_addr, "TLS connection refused"),
+        }
+        return;
+    }
     // A raw capwire/1 client (length-prefixed frames) is answered in its
-    // own protocol before HTTP sees a byte.
+    // own protocol before HTTP sees a byte; a TLS client is told nothing
+    // it could read, so it is logged and closed.
     let mut first = [0u8; 8];
     match tokio::time::timeout(HEAD_TIMEOUT, tcp.peek(&mut first)).await {
         Ok(Ok(0)) | Err(_) => return,
+        Ok(Ok(n)) if super::tls::is_client_hello(&first[..n]) => {
+            tracing::warn!(
+                peer = ?base.peer_addr,
+                "a TLS client reached a plain WebSocket/HTTP port (it should use ws:// or http://, \
+                 or the server should be given a certificate)"
+            );
+            return;
+        }
         Ok(Ok(n)) if !could_be_http(&first[..n]) => {
-            refuse_raw_capwire(&mut tcp, &first[..n]).await;
+            refuse_raw_capwire(&mut tcp, &first[..n], RAW_ON_HTTP_PORT).await;
             return;
         }
         Ok(Ok(_)) => {}
@@ -66,10 +90,22 @@ pub(super) async fn serve_connection(
             return;
         }
     }
+    serve_http(TokioIo::new(tcp), accepted, config, base).await;
+}
+
+/// Serves HTTP/1.1 requests on `io` until the connection closes.
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    accepted: mpsc::Sender<Transport>,
+    config: TransportConfig,
+    base: Attestation,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let conn = Arc::new(Conn {
         accepted,
         config,
-        peer,
+        base,
     });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -78,7 +114,7 @@ pub(super) async fn serve_connection(
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(io, service)
         .with_upgrades()
         .await;
     if let Err(e) = served {
@@ -101,8 +137,8 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
 }
 
 fn attestation(conn: &Conn, req: &Request<Incoming>, kind: TransportKind) -> Attestation {
-    let mut att = Attestation::new(kind);
-    att.peer_addr = conn.peer.clone();
+    let mut att = conn.base.clone();
+    att.transport = kind;
     att.path = Some(req.uri().path().to_owned());
     att.origin = header_str(req, header::ORIGIN).map(str::to_owned);
     let token = header_str(req, header::AUTHORIZATION)
@@ -344,19 +380,15 @@ fn could_be_http(start: &[u8]) -> bool {
 /// port: answer it in its own protocol — a `hello`, then a `goaway` that
 /// says where it should connect — so it reports that rather than a closed
 /// connection.
-async fn refuse_raw_capwire(tcp: &mut TcpStream, first: &[u8]) {
+pub(super) async fn refuse_raw_capwire(tcp: &mut TcpStream, first: &[u8], hint: &str) {
     use capwire_proto::{codec, framing, Code, Codec, Frame, Goaway, Hello, Reason, Status};
     // The byte after the 4-byte length prefix tells the client's codec.
     let codec = match first.get(4) {
         Some(b'{' | b' ' | b'\n' | b'\t' | b'\r') => Codec::Json,
         _ => Codec::Msgpack,
     };
-    let status = Status::new(
-        Code::FailedPrecondition,
-        "this port speaks WebSocket and HTTP: connect with its ws:// address; raw capwire/1 \
-         clients (tcp://, unix://) need the server's raw capwire/1 port",
-    )
-    .with_reason(Reason::PROTOCOL_VIOLATION);
+    let status =
+        Status::new(Code::FailedPrecondition, hint).with_reason(Reason::PROTOCOL_VIOLATION);
     let frames = [
         Frame::Hello(Hello::new()),
         Frame::Goaway(Goaway {

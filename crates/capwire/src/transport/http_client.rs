@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{
     CloseReason, FrameReceiver, FrameSender, Outgoing, ReceiverInner, Transport, TransportConfig,
+    TransportError,
 };
 use crate::attestation::{Attestation, TransportKind};
 
@@ -31,6 +32,10 @@ const MAX_IN_FLIGHT: usize = 64;
 
 struct Client {
     authority: String,
+    /// `https://`: each connection is a TLS connection made with this.
+    tls: Option<super::ClientTls>,
+    /// `http` or `https`, for messages.
+    scheme: &'static str,
     path: String,
     max_frame_bytes: usize,
     authorization: Option<HeaderValue>,
@@ -47,11 +52,31 @@ impl Client {
                 return Ok(s);
             }
         }
-        let tcp = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| format!("cannot connect to http://{}: {e}", self.authority))?;
+        let tcp = TcpStream::connect(&self.authority).await.map_err(|e| {
+            format!(
+                "cannot connect to {}://{}: {e}",
+                self.scheme, self.authority
+            )
+        })?;
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        match &self.tls {
+            Some(tls) => {
+                let mut att = Attestation::new(TransportKind::HttpJsonRpc);
+                let stream = super::tls::connect(tcp, &self.authority, Some(tls), &mut att)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.handshake(stream).await
+            }
+            None => self.handshake(tcp).await,
+        }
+    }
+
+    /// HTTP/1.1 on an open connection; its driver runs in its own task.
+    async fn handshake<S>(&self, io: S) -> Result<SendRequest<Full<Bytes>>, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| format!("HTTP handshake with {} failed: {e}", self.authority))?;
         tokio::spawn(async move {
@@ -102,7 +127,8 @@ impl Client {
             StatusCode::OK => Ok(Some(body)),
             StatusCode::NO_CONTENT => Ok(None),
             other => Err(format!(
-                "http://{}{} answered {other}: {}",
+                "{}://{}{} answered {other}: {}",
+                self.scheme,
                 self.authority,
                 self.path,
                 String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
@@ -111,10 +137,24 @@ impl Client {
     }
 }
 
-/// A transport to an HTTP JSON-RPC endpoint.
-pub(super) fn connect(authority: &str, path: &str, config: &TransportConfig) -> Transport {
+/// A transport to an HTTP JSON-RPC endpoint (`https://` when `tls`).
+pub(super) fn connect(
+    authority: &str,
+    path: &str,
+    tls: bool,
+    config: &TransportConfig,
+) -> Result<Transport, TransportError> {
+    let client_tls = match (tls, &config.tls_client) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t.clone()),
+        (true, None) => {
+            Some(super::ClientTls::system().map_err(|e| TransportError::Tls(e.to_string()))?)
+        }
+    };
     let client = Arc::new(Client {
         authority: authority.to_owned(),
+        tls: client_tls,
+        scheme: if tls { "https" } else { "http" },
         path: path.to_owned(),
         max_frame_bytes: config.max_frame_bytes,
         authorization: config
@@ -160,9 +200,10 @@ pub(super) fn connect(authority: &str, path: &str, config: &TransportConfig) -> 
     let mut attestation = Attestation::new(TransportKind::HttpJsonRpc);
     attestation.peer_addr = Some(authority.to_owned());
     attestation.path = Some(path.to_owned());
-    Transport {
+    attestation.tls = tls;
+    Ok(Transport {
         receiver: FrameReceiver::new(ReceiverInner::Mem(in_rx), sender.clone()),
         sender,
         attestation,
-    }
+    })
 }

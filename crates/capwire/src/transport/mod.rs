@@ -7,12 +7,15 @@
 //! the codec lives in `capwire-proto`.
 
 mod address;
+#[cfg(feature = "dev-certs")]
+mod dev_certs;
 mod http;
 mod http_client;
 mod listener;
 mod mem;
 mod sender;
 mod stream;
+mod tls;
 mod writer;
 mod ws;
 
@@ -23,10 +26,13 @@ use capwire_proto::{Framing, FramingError, DEFAULT_MAX_FRAME_BYTES};
 use tokio::sync::mpsc;
 
 pub use address::Address;
+#[cfg(feature = "dev-certs")]
+pub use dev_certs::{DevCa, DevCert};
 pub use listener::Listener;
 pub use mem::memory_pair;
 pub use sender::FrameSender;
 pub use stream::{spawn_child, stdio, stream_transport};
+pub use tls::{CertIdentity, ClientTls, PeerCertificate, ServerTls, TlsError, TrustRoots};
 pub use writer::spawn_stream_writer;
 
 use crate::attestation::Attestation;
@@ -48,6 +54,12 @@ pub struct TransportConfig {
     /// A bearer token the connecting side presents where the transport
     /// carries one (`Authorization` on WebSocket and HTTP requests).
     pub bearer: Option<String>,
+    /// The certificate a listener on `tls://`, `wss://` or `https://`
+    /// presents (and the client roots it requires, for mutual TLS).
+    pub tls_server: Option<ServerTls>,
+    /// What a client connecting to `tls://`, `wss://` or `https://`
+    /// trusts (and presents); the system's roots when unset.
+    pub tls_client: Option<ClientTls>,
 }
 
 impl Default for TransportConfig {
@@ -58,6 +70,8 @@ impl Default for TransportConfig {
             queue_frames: 1024,
             max_batch_bytes: 256 * 1024,
             bearer: None,
+            tls_server: None,
+            tls_client: None,
         }
     }
 }
@@ -66,6 +80,18 @@ impl TransportConfig {
     /// Sets the frame size limit.
     pub fn max_frame_bytes(mut self, n: usize) -> TransportConfig {
         self.max_frame_bytes = n;
+        self
+    }
+
+    /// Sets what a TLS listener presents.
+    pub fn tls_server(mut self, tls: ServerTls) -> TransportConfig {
+        self.tls_server = Some(tls);
+        self
+    }
+
+    /// Sets what a TLS client trusts and presents.
+    pub fn tls_client(mut self, tls: ClientTls) -> TransportConfig {
+        self.tls_client = Some(tls);
         self
     }
 
@@ -120,6 +146,9 @@ pub enum TransportError {
     /// A frame was too large or the stream ended inside a frame.
     #[error(transparent)]
     Framing(#[from] FramingError),
+    /// The TLS handshake failed, or TLS is not configured where needed.
+    #[error("{0}")]
+    Tls(String),
     /// The WebSocket layer failed.
     #[error("websocket error: {0}")]
     WebSocket(String),
@@ -279,9 +308,18 @@ pub async fn connect(
 ) -> Result<Transport, TransportError> {
     match addr {
         Address::Tcp(authority) => stream::connect_tcp(authority, config).await,
+        Address::Tls(authority) => stream::connect_tls(authority, config).await,
         Address::Unix(path) => stream::connect_unix(path, config).await,
-        Address::Ws { authority, path } => ws::connect(authority, path, config).await,
-        Address::Http { authority, path } => Ok(http_client::connect(authority, path, config)),
+        Address::Ws {
+            authority,
+            path,
+            tls,
+        } => ws::connect(authority, path, *tls, config).await,
+        Address::Http {
+            authority,
+            path,
+            tls,
+        } => http_client::connect(authority, path, *tls, config),
         Address::Stdio => Ok(stdio(config)),
         Address::Exec { program, args } => spawn_child(program, args, config),
     }

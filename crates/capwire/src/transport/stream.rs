@@ -131,6 +131,24 @@ pub(super) async fn connect_tcp(
     Ok(tcp_transport(stream, config))
 }
 
+pub(super) async fn connect_tls(
+    authority: &str,
+    config: &TransportConfig,
+) -> Result<Transport, TransportError> {
+    let tcp = TcpStream::connect(authority)
+        .await
+        .map_err(|source| TransportError::Connect {
+            addr: format!("tls://{authority}"),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let mut att = Attestation::new(TransportKind::Tcp);
+    att.peer_addr = tcp.peer_addr().ok().map(|a| a.to_string());
+    let stream = super::tls::connect(tcp, authority, config.tls_client.as_ref(), &mut att).await?;
+    let (r, w) = tokio::io::split(stream);
+    Ok(stream_transport(r, w, att, config))
+}
+
 pub(super) async fn connect_unix(
     path: &Path,
     config: &TransportConfig,

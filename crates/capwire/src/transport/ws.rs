@@ -149,9 +149,10 @@ async fn write_loop<S>(
 pub(super) async fn connect(
     authority: &str,
     path: &str,
+    tls: bool,
     config: &TransportConfig,
 ) -> Result<Transport, TransportError> {
-    let url = format!("ws://{authority}{path}");
+    let url = format!("{}://{authority}{path}", if tls { "wss" } else { "ws" });
     let tcp = TcpStream::connect(authority)
         .await
         .map_err(|source| TransportError::Connect {
@@ -159,7 +160,9 @@ pub(super) async fn connect(
             source,
         })?;
     let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().ok().map(|a| a.to_string());
+    let mut att = Attestation::new(TransportKind::WebSocket);
+    att.peer_addr = tcp.peer_addr().ok().map(|a| a.to_string());
+    att.path = Some(path.to_owned());
     let mut request = url
         .as_str()
         .into_client_request()
@@ -170,8 +173,29 @@ pub(super) async fn connect(
         })?;
         request.headers_mut().insert("authorization", value);
     }
-    let (ws, response) =
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config(config)))
+    if tls {
+        let stream =
+            super::tls::connect(tcp, authority, config.tls_client.as_ref(), &mut att).await?;
+        let ws = handshake(request, stream, &url, config).await?;
+        Ok(ws_transport(ws, att, config))
+    } else {
+        let ws = handshake(request, tcp, &url, config).await?;
+        Ok(ws_transport(ws, att, config))
+    }
+}
+
+/// The WebSocket upgrade on an open connection.
+async fn handshake<S>(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    stream: S,
+    url: &str,
+    config: &TransportConfig,
+) -> Result<WebSocketStream<S>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config(config)))
             .await
             .map_err(|e| match e {
                 WsError::Http(r) if r.status() == 401 => TransportError::WebSocket(format!(
@@ -179,9 +203,5 @@ pub(super) async fn connect(
                 )),
                 e => TransportError::WebSocket(format!("handshake with {url} failed: {e}")),
             })?;
-    drop(response);
-    let mut att = Attestation::new(TransportKind::WebSocket);
-    att.peer_addr = peer;
-    att.path = Some(path.to_owned());
-    Ok(ws_transport(ws, att, config))
+    Ok(ws)
 }
