@@ -132,6 +132,12 @@ impl Daemon {
             Existing::None => {}
         }
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join(STORE_FILE))?);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::Permissions::from_mode(0o600);
+            let _ = std::fs::set_permissions(dir.join(STORE_FILE), mode);
+        }
         let broker = Broker::open(store, config.limits.clone())?;
         let registry = Registry::new();
         let served = Service::new(broker.clone()).serve(&registry)?;
