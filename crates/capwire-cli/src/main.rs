@@ -19,6 +19,7 @@ macro_rules! out {
     };
 }
 
+mod broker_cmd;
 mod demo;
 mod demo_rpc;
 mod jsonrpc_call;
@@ -146,6 +147,9 @@ enum Command {
     /// Decode and encode capwire/1 frames.
     #[command(subcommand)]
     Frames(FramesCommand),
+    /// Run the broker daemon (plugins register endpoints; durable queues),
+    /// or ask a running one: status, endpoints, inbox, send.
+    Broker(broker_cmd::BrokerArgs),
 }
 
 #[derive(Subcommand)]
@@ -368,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Frames(FramesCommand::Encode { codec, framing }) => {
             encode(codec.into(), framing.into()).await
         }
+        Command::Broker(args) => broker_cmd::run(args).await,
     }
 }
 

@@ -165,6 +165,43 @@ impl Registry {
         objects: Vec<(String, String, Arc<dyn Object>)>,
         if_exists: IfExists,
     ) -> Result<Vec<ServeHandle>, Status> {
+        self.serve_checked(objects, if_exists, check_name)
+    }
+
+    /// Serves a service of the capwire project itself under a name with
+    /// the reserved `capwire.` prefix (such as the broker's
+    /// `capwire.broker`). Applications use [`Registry::serve`].
+    pub fn serve_framework<O: Object>(
+        &self,
+        name: &str,
+        version: &str,
+        object: O,
+    ) -> Result<ServeHandle, Status> {
+        let objects = vec![(
+            name.to_owned(),
+            version.to_owned(),
+            Arc::new(object) as Arc<dyn Object>,
+        )];
+        let reserved = |name: &str| {
+            if name.starts_with(RESERVED_PREFIX) && name.len() > RESERVED_PREFIX.len() {
+                Ok(())
+            } else {
+                Err(Status::new(
+                    Code::InvalidArgument,
+                    format!("`{name}` is not a `{RESERVED_PREFIX}` name"),
+                ))
+            }
+        };
+        let mut handles = self.serve_checked(objects, IfExists::Throw, reserved)?;
+        Ok(handles.remove(0))
+    }
+
+    fn serve_checked(
+        &self,
+        objects: Vec<(String, String, Arc<dyn Object>)>,
+        if_exists: IfExists,
+        check_name: impl Fn(&str) -> Result<(), Status>,
+    ) -> Result<Vec<ServeHandle>, Status> {
         let mut replaced = Vec::new();
         let handles = {
             let mut entries = self.lock();
