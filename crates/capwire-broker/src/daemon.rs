@@ -179,7 +179,12 @@ impl Daemon {
             })?;
         let ws_local = ws.local_addr().clone();
         let (ws_url, http_url) = match &ws_local {
-            Address::Ws { authority, path } | Address::Http { authority, path } => (
+            Address::Ws {
+                authority, path, ..
+            }
+            | Address::Http {
+                authority, path, ..
+            } => (
                 format!("ws://{authority}{path}"),
                 format!("http://{authority}{path}"),
             ),
