@@ -1,4 +1,5 @@
-//! The kill -9 harness: the real broker binary runs as a child process;
+//! The kill -9 harness: the broker daemon runs as a child process (this
+//! test binary, re-run as `broker_process`);
 //! senders record an id only once the broker acknowledged its send;
 //! receivers record every delivery and ack it. The broker is SIGKILLed at
 //! random moments under that load and restarted on the same data directory.
@@ -31,10 +32,37 @@ impl Drop for Broker {
     }
 }
 
+/// Where `broker_process` finds its data directory.
+const CHILD_ENV: &str = "CAPWIRE_KILL9_BROKER_DATA";
+
+/// The broker daemon, when this binary is run as the harness's child (with
+/// `CHILD_ENV` set); otherwise nothing. A test binary can run any code as a
+/// separate process this way, and a workspace keeps one `cargo run` binary.
+#[test]
+fn broker_process() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(capwire_broker::daemon::run(
+            capwire_broker::daemon::DaemonConfig::new(dir),
+        ))
+        .expect("the broker daemon runs");
+}
+
 fn start(dir: &Path) -> (Broker, Discovery) {
-    let child = Command::new(env!("CARGO_BIN_EXE_capwire-broker"))
-        .arg("--data")
-        .arg(dir)
+    let child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "broker_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
