@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod broker_cmd;
+mod call_args;
 mod demo;
 mod demo_rpc;
 mod jsonrpc_call;
@@ -91,9 +92,16 @@ enum Command {
         /// The method; without one, the served interface's methods are listed.
         method: Option<String>,
         /// The arguments: a JSON array in parameter order, or an object of
-        /// arguments by parameter name.
+        /// arguments by parameter name. `{"$callback": R}` passes a callback
+        /// (its calls are printed, each answered with R), `{"$sink": true}` a
+        /// sink (what the server writes to it is printed), `{"$source":
+        /// [ITEMS]}` a stream for the server to read.
         #[arg(default_value = "[]")]
         args: String,
+        /// Calls on the result, pipelined (one round trip): `.METHOD [ARGS]`
+        /// or `.FIELD.METHOD [ARGS]` for a capability inside the result,
+        /// e.g. `makeCounter '[5]' .increment '[1]'`. The last result is printed.
+        then: Vec<String>,
         /// Give up after this many milliseconds: connecting, bootstrapping
         /// and the call together.
         #[arg(long, default_value_t = DEFAULT_TIMEOUT_MS)]
@@ -292,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             method,
             args,
+            then,
             timeout_ms,
             version,
             stream,
@@ -311,20 +320,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 jsonrpc_call::call(&address, &name, &method, args, timeout_ms, transport).await?;
                 return Ok(ExitCode::SUCCESS);
             }
+            // `makeCounter .increment`: the first call takes no arguments.
+            let (args, then) = match args.starts_with('.') {
+                true => ("[]".to_owned(), [vec![args], then].concat()),
+                false => (args, then),
+            };
+            let steps = call_args::parse_path(&then)?;
+            if method.is_none() && !steps.is_empty() {
+                return Err(Usage("a pipelined path needs a first method".into()).into());
+            }
             let target = Target {
                 address: &address,
                 name: &name,
                 version: version.as_deref(),
             };
-            call(
-                target,
-                method.as_deref(),
-                &args,
-                timeout_ms,
+            let request = Request {
+                method: method.as_deref(),
+                args: &args,
+                steps,
                 stream,
-                transport,
-            )
-            .await
+            };
+            call(target, request, timeout_ms, transport).await
         }
         Command::Schema {
             address,
@@ -384,12 +400,20 @@ struct Target<'a> {
     version: Option<&'a str>,
 }
 
+/// What a `call` asks: the method (none: list the methods), its JSON
+/// arguments, calls pipelined on its result, and whether the last one is a
+/// stream.
+struct Request<'a> {
+    method: Option<&'a str>,
+    args: &'a str,
+    steps: Vec<call_args::Step>,
+    stream: bool,
+}
+
 async fn call(
     target: Target<'_>,
-    method: Option<&str>,
-    args: &str,
+    request: Request<'_>,
     timeout_ms: u64,
-    stream: bool,
     transport: TransportConfig,
 ) -> anyhow::Result<ExitCode> {
     let Target {
@@ -397,6 +421,15 @@ async fn call(
         name,
         version,
     } = target;
+    let Request {
+        method,
+        args,
+        steps,
+        stream,
+    } = request;
+    // A typo in a pipelined step is on another interface: no suggestions
+    // from this one's methods then.
+    let pipelined = !steps.is_empty();
     let mut args: serde_json::Value = serde_json::from_str(args)
         .map_err(|e| Usage(format!("arguments are not JSON: {args} ({e})")))?;
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
@@ -433,20 +466,44 @@ async fn call(
         let cap = phases
             .run("bootstrapping at", session.bootstrap(name, version))
             .await??;
+        // Capabilities asked for in the arguments, and the pipelined path:
+        // every call but the last is on a result not yet arrived.
+        let call_args::Prepared { value, mut sinks } = call_args::prepare(args)?;
+        let options = capwire::CallOptions::timeout(phases.call_deadline());
+        let (mut target, mut last, mut value) = (cap, method.to_owned(), value);
+        for step in steps {
+            let promise = target.call_with(&last, value, options.clone());
+            target = match step.path.is_empty() {
+                true => promise.cap(),
+                false => promise.get(step.path),
+            };
+            let prepared = call_args::prepare(step.args)?;
+            sinks.extend(prepared.sinks);
+            (last, value) = (step.method, prepared.value);
+        }
+        // What the server writes to sinks is printed as it comes.
+        let mut printing = tokio::spawn(call_args::print_sinks(sinks));
+        let stop_printing = printing.abort_handle();
+        let _stop_printing = AbortOnDrop(stop_printing);
         // The call carries what is left as its deadline, so the server
         // stops working on it when this side stops waiting.
-        let value = capwire::Value::new(&args)?;
         if !stream {
-            let options = capwire::CallOptions::timeout(phases.call_deadline());
-            let call = cap.call_with(method, value.clone(), options);
+            let call = target.call_with(&last, value.clone(), options);
             match phases.run("waiting for the call at", call).await? {
                 // A stream method called plainly: call it as a stream.
                 Err(s) if s.message.contains("is a stream method") => {}
-                other => return Ok::<_, anyhow::Error>(Some(other?)),
+                Err(s) => return Err(s.into()),
+                Ok(result) => {
+                    let ended = phases.run("waiting for the sinks to end at", &mut printing);
+                    ended
+                        .await?
+                        .map_err(|e| anyhow::anyhow!("printing the sinks: {e}"))??;
+                    return Ok::<_, anyhow::Error>(Some(result));
+                }
             }
         }
         let options = capwire::StreamOptions::default().timeout(phases.call_deadline());
-        let items = cap.call_stream_with(method, value, options);
+        let items = target.call_stream_with(&last, value, options);
         phases.run("streaming from", print_items(items)).await??;
         Ok(None)
     }
@@ -454,8 +511,9 @@ async fn call(
     // An unknown method: the nearest names the interface has.
     let suggestion = match &outcome {
         Err(e)
-            if e.downcast_ref::<Status>()
-                .is_some_and(|s| s.code == capwire::Code::Unimplemented) =>
+            if !pipelined
+                && e.downcast_ref::<Status>()
+                    .is_some_and(|s| s.code == capwire::Code::Unimplemented) =>
         {
             let interface = match interface {
                 Some(i) => Some(i),
@@ -507,6 +565,16 @@ async fn call(
                 },
             ))
         }
+    }
+}
+
+/// Aborts a task when dropped: the sink printer, once the call it serves
+/// has failed or been printed.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1384,3 +1384,108 @@ fn node_ws_client_over_wss() {
         assert!(!text.contains("FAIL"), "{text}");
     }
 }
+
+/// The headline features from the command line: a pipelined path on a
+/// returned capability, a callback, a sink and a source, each printed as
+/// JSON lines; mistakes in a path are usage errors.
+#[test]
+fn call_pipelines_and_passes_callbacks_sinks_and_sources() {
+    let (_server, addr) = demo_server();
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).trim().to_owned();
+
+    let out = run(
+        &[
+            "call",
+            &addr,
+            "demo",
+            "makeCounter",
+            "[5]",
+            ".increment",
+            "[1]",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "6");
+
+    // A capability returned inside a value, pipelined on by its path.
+    let out = run(&["call", &addr, "demo", "square", "[3]", ".increment"], b"");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a capability"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&["call", &addr, "demo", "makeCounter", "[5]", ".nope"], b"");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("Counter has no method `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
+
+    let out = run(
+        &["call", &addr, "demo", "makeCounter", "[5]", "increment"],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a path step without a dot is a usage error"
+    );
+
+    let out = run(
+        &[
+            "call",
+            &addr,
+            "demo",
+            "callMeBack",
+            r#"[{"$callback": "pong"}]"#,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "{\"callback\":\"call\",\"args\":[10]}\n\"callback returned \\\"pong\\\"\""
+    );
+
+    let out = run(
+        &["call", &addr, "demo", "writeTo", r#"[{"$sink": 2}]"#],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"sink":0,"item":"a"}"#,
+            r#"{"sink":0,"item":"b"}"#,
+            r#"{"sink":0,"item":"c"}"#,
+            r#""done""#
+        ]
+    );
+
+    let out = run(
+        &[
+            "call",
+            &addr,
+            "demo",
+            "collect",
+            r#"[{"$source": [1, "two"]}]"#,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(got, serde_json::json!([1, "two"]));
+
+    let out = run(
+        &["call", &addr, "demo", "writeTo", r#"[{"$sink": 0}]"#],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("window"), "{}", stderr(&out));
+}
