@@ -24,6 +24,7 @@ mod call_args;
 mod demo;
 mod demo_rpc;
 mod jsonrpc_call;
+mod metrics;
 mod phases;
 mod signatures;
 mod tls;
@@ -177,6 +178,10 @@ enum DemoCommand {
         token: Option<String>,
         #[command(flatten)]
         tls: tls::ServerTlsArgs,
+        /// Record metrics and serve them for Prometheus at GET /metrics on
+        /// the listener's HTTP port (ws:// or http://; unauthenticated).
+        #[arg(long)]
+        metrics: bool,
     },
 }
 
@@ -286,10 +291,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     framing,
                     token,
                     tls,
+                    metrics,
                 }) => {
-                    let transport =
+                    let listen: Address = listen.parse()?;
+                    let mut transport =
                         tls.apply(TransportConfig::default().framing(framing.into()))?;
-                    demo::serve_forever(&listen.parse()?, transport, token).await?
+                    if metrics {
+                        transport = metrics::serve_on(&listen, transport)?;
+                    }
+                    demo::serve_forever(&listen, transport, token).await?
                 }
                 None => demo::tour(&listen.parse()?).await?,
             }

@@ -1489,3 +1489,48 @@ fn call_pipelines_and_passes_callbacks_sinks_and_sources() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("window"), "{}", stderr(&out));
 }
+
+/// `demo serve --metrics` answers Prometheus' scrape on its HTTP port with
+/// the calls made; on a port without HTTP the flag is a usage error.
+#[test]
+fn demo_serve_exports_metrics_for_prometheus() {
+    use std::io::{Read, Write};
+    let (_server, addr) = demo_server_with(&["--listen", "ws://127.0.0.1:0/", "--metrics"]);
+    let out = run(&["call", &addr, "demo", "square", "[4]"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let authority = addr
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut tcp = std::net::TcpStream::connect(&authority).expect("connect");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(r#"capwire_calls_total{dialect="capwire",direction="incoming",code="ok"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("capwire_call_duration_seconds_bucket"),
+        "{text}"
+    );
+
+    let out = run(
+        &[
+            "demo",
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--metrics",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ws:// or http://"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -256,6 +256,7 @@ mod value;
 pub use capability::{CallOptions, Capability};
 pub use capwire_proto::{Code, Reason, Status};
 pub use events::{Event, Stats};
+pub mod metrics;
 pub use object::{CallContext, Items, Methods, Object, PipelineAt, Pipelined};
 pub use promise::Promise;
 pub use registry::{IfExists, Registry, ServeHandle};

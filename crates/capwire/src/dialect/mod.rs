@@ -65,6 +65,27 @@ impl Served {
         }
     }
 
+    /// Waits until the session has ended.
+    pub async fn closed(&self) {
+        match self {
+            Served::Native(s) => {
+                s.closed().await;
+            }
+            Served::Capnweb(s) => {
+                s.closed().await;
+            }
+            Served::JsonRpc(s) => s.closed().await,
+        }
+    }
+
+    fn metrics_dialect(&self) -> crate::metrics::Dialect {
+        match self {
+            Served::Native(_) => crate::metrics::Dialect::Native,
+            Served::Capnweb(_) => crate::metrics::Dialect::Capnweb,
+            Served::JsonRpc(_) => crate::metrics::Dialect::JsonRpc,
+        }
+    }
+
     /// Closes the session: a native one gracefully ([`Session::close`]: `goaway`,
     /// calls in flight finish within `SessionConfig::close_grace`), a
     /// capnweb one at once.
@@ -185,7 +206,7 @@ pub async fn serve(
         }
     }
     transport.receiver.unread(first);
-    match dialect {
+    let served = match dialect {
         Dialect::Native => {
             // The accepting side answers in the codec of the peer's hello
             // (protocol.md [S1]); a first frame in no codec meets the
@@ -194,25 +215,33 @@ pub async fn serve(
             if let Some(codec) = codec {
                 session.codec = codec;
             }
-            Ok(Served::Native(Session::new(transport, registry, session)))
+            Served::Native(Session::new(transport, registry, session))
         }
         Dialect::Capnweb => {
             let main = capnweb_main(&registry, config.capnweb_main.as_deref())?;
-            Ok(Served::Capnweb(capnweb::CapnwebSession::with_limits(
+            Served::Capnweb(capnweb::CapnwebSession::with_limits(
                 transport,
                 main,
                 config.session.limits,
-            )))
+            ))
         }
         Dialect::JsonRpc => {
             let registry = config.jsonrpc.per_connection.is_none().then_some(registry);
-            Ok(Served::JsonRpc(jsonrpc::JsonRpcSession::accept(
+            Served::JsonRpc(jsonrpc::JsonRpcSession::accept(
                 transport,
                 registry,
                 config.jsonrpc,
-            )))
+            ))
         }
+    };
+    if let Some(open) = crate::metrics::OpenSession::start(served.metrics_dialect()) {
+        let watched = served.clone();
+        tokio::spawn(async move {
+            watched.closed().await;
+            drop(open);
+        });
     }
+    Ok(served)
 }
 
 /// The token of a capwire/1 `hello`, if the frame is one.

@@ -431,17 +431,25 @@ impl Shared {
     }
 
     /// Emits the event `make` builds, building it only if someone listens.
+    /// Metrics ([`crate::metrics`]), when on, are made from the same events.
     fn emit_with(&self, make: impl FnOnce() -> Event) {
-        if let Some(events) = self.events.get() {
-            if events.receiver_count() > 0 {
-                let _ = events.send(make());
-            }
+        let listening = self.events.get().filter(|e| e.receiver_count() > 0);
+        let metrics = crate::metrics::enabled();
+        if listening.is_none() && !metrics {
+            return;
+        }
+        let event = make();
+        if metrics {
+            crate::metrics::event(&event);
+        }
+        if let Some(events) = listening {
+            let _ = events.send(event);
         }
     }
 
-    /// True while someone subscribes to events.
+    /// True while someone subscribes to events, or metrics are recorded.
     fn observed(&self) -> bool {
-        self.events.get().is_some_and(|e| e.receiver_count() > 0)
+        self.events.get().is_some_and(|e| e.receiver_count() > 0) || crate::metrics::enabled()
     }
 
     /// When something observed begins (see [`Started`]).

@@ -39,6 +39,9 @@ impl Shared {
         self.counters
             .bytes_out
             .fetch_add(len as u64, Ordering::Relaxed);
+        if crate::metrics::enabled() {
+            crate::metrics::bytes(true, len);
+        }
     }
 
     /// Sends a frame, waiting for room in the transport queue. The frame is

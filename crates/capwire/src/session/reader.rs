@@ -65,6 +65,9 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut receiver: FrameReceiver) 
             .counters
             .bytes_in
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if crate::metrics::enabled() {
+            crate::metrics::bytes(false, bytes.len());
+        }
         let frame = match codec::decode_bytes(&bytes) {
             Ok((frame, _)) => frame,
             Err(e) => {
@@ -163,6 +166,9 @@ impl Shared {
                 self.counters
                     .stream_items_in
                     .fetch_add(1, Ordering::Relaxed);
+                if crate::metrics::enabled() {
+                    crate::metrics::stream_item(false);
+                }
                 let _ = sink.send(item);
             }
             Action::StreamEnd {

@@ -106,6 +106,7 @@ impl Shared {
         let stop_at = deadline::stop_at(deadline, self.config.deadline_grace, false);
         let (ctx, scope) = self.call_context(id, &method, deadline, &cancel);
         let pump = async {
+            let _open = crate::metrics::OpenStream::start();
             let Some(object) = object else {
                 return Some(Err(Status::new(
                     Code::InvalidArgument,
@@ -191,6 +192,9 @@ impl Shared {
                 sent += 1;
                 let unacked = credit.sent();
                 self.counters.stream_item_out(unacked);
+                if crate::metrics::enabled() {
+                    crate::metrics::stream_item(true);
+                }
             }
         };
         // The producer (and the calls it makes) run in the call's scope.

@@ -155,6 +155,16 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     if upgrade {
         return websocket(&mut req, conn);
     }
+    if let Some(endpoint) = &conn.config.metrics_endpoint {
+        if req.method() == Method::GET && req.uri().path() == endpoint.path {
+            let mut r = Response::new(Full::new(Bytes::from(endpoint.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return r;
+        }
+    }
     if req.method() != Method::POST {
         let mut r = plain(
             StatusCode::METHOD_NOT_ALLOWED,

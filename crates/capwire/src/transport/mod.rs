@@ -60,6 +60,44 @@ pub struct TransportConfig {
     /// What a client connecting to `tls://`, `wss://` or `https://`
     /// trusts (and presents); the system's roots when unset.
     pub tls_client: Option<ClientTls>,
+    /// On a WebSocket/HTTP listener: answer `GET` of this path with the
+    /// text it renders (metrics for Prometheus, say). Unauthenticated.
+    pub metrics_endpoint: Option<MetricsEndpoint>,
+}
+
+/// A `GET` path on the WebSocket/HTTP port whose response a function
+/// renders: where Prometheus scrapes the [`metrics`](crate::metrics).
+#[derive(Clone)]
+pub struct MetricsEndpoint {
+    /// The path, e.g. `/metrics`.
+    pub path: String,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl MetricsEndpoint {
+    /// Answers `GET path` with what `render` returns, as
+    /// `text/plain; version=0.0.4` (Prometheus' text format).
+    pub fn new(
+        path: impl Into<String>,
+        render: impl Fn() -> String + Send + Sync + 'static,
+    ) -> MetricsEndpoint {
+        MetricsEndpoint {
+            path: path.into(),
+            render: std::sync::Arc::new(render),
+        }
+    }
+
+    pub(crate) fn render(&self) -> String {
+        (self.render)()
+    }
+}
+
+impl std::fmt::Debug for MetricsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsEndpoint")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for TransportConfig {
@@ -72,6 +110,7 @@ impl Default for TransportConfig {
             bearer: None,
             tls_server: None,
             tls_client: None,
+            metrics_endpoint: None,
         }
     }
 }

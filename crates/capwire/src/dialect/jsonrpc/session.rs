@@ -681,6 +681,7 @@ fn run(inner: &Arc<Inner>, id: Option<Json>, method: String, params: Option<Json
     };
     let inner = inner.clone();
     async move {
+        let started = crate::metrics::enabled().then(std::time::Instant::now);
         let outcome = match info.kind {
             Kind::Stream => {
                 let subscription = id.clone().unwrap_or(Json::Null);
@@ -711,6 +712,15 @@ fn run(inner: &Arc<Inner>, id: Option<Json>, method: String, params: Option<Json
                     state.by_id.remove(&key);
                 }
             }
+        }
+        if let Some(started) = started {
+            let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
+            let stream = info.kind == Kind::Stream;
+            let (dialect, dir) = (
+                crate::metrics::Dialect::JsonRpc,
+                crate::events::Direction::Incoming,
+            );
+            crate::metrics::finished(dialect, stream, dir, code, started.elapsed());
         }
         let outcome = outcome.map_err(|s| inner.config.errors.to_error(&s));
         if let (None, Err(e)) = (&id, &outcome) {
