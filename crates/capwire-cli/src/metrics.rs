@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use capwire::transport::{Address, MetricsEndpoint, TransportConfig};
+use capwire::transport::{Address, GetRoute, TransportConfig};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::Usage;
@@ -44,6 +44,8 @@ pub(crate) fn serve_on(
         }
     });
     let mut config = config;
-    config.metrics_endpoint = Some(MetricsEndpoint::new(PATH, move || handle.render()));
+    config
+        .get_routes
+        .push(GetRoute::metrics(PATH, move || handle.render()));
     Ok(config)
 }

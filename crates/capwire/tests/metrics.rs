@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use capwire::dialect::jsonrpc::{JsonRpcConfig, JsonRpcSession};
 use capwire::dialect::{ServeConfig, Server};
-use capwire::transport::{self, Address, Listener, MetricsEndpoint, TransportConfig};
+use capwire::transport::{self, Address, GetRoute, Listener, TransportConfig};
 use capwire::{Code, Methods, Registry, Session, SessionConfig, Status, Value};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,9 @@ async fn calls_errors_streams_bytes_and_sessions_reach_the_endpoint() {
         .unwrap()
         .forget();
     let mut config = TransportConfig::default();
-    config.metrics_endpoint = Some(MetricsEndpoint::new("/metrics", move || handle.render()));
+    config
+        .get_routes
+        .push(GetRoute::metrics("/metrics", move || handle.render()));
     let listener = Listener::bind(&"ws://127.0.0.1:0/".parse().unwrap(), config)
         .await
         .unwrap();
@@ -130,8 +132,8 @@ async fn calls_errors_streams_bytes_and_sessions_reach_the_endpoint() {
     }
     assert_eq!(left, 0.0);
 
-    // Other paths and methods are still what they were.
+    // Other paths are not found.
     let text = scrape(authority, "/other").await;
-    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
     server.shutdown().await;
 }

@@ -155,14 +155,19 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     if upgrade {
         return websocket(&mut req, conn);
     }
-    if let Some(endpoint) = &conn.config.metrics_endpoint {
-        if req.method() == Method::GET && req.uri().path() == endpoint.path {
-            let mut r = Response::new(Full::new(Bytes::from(endpoint.render())));
+    if req.method() == Method::GET {
+        let path = req.uri().path();
+        if let Some(route) = conn.config.get_routes.iter().find(|r| r.path == path) {
+            let mut r = Response::new(Full::new(route.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(route.content_type()),
             );
             return r;
+        }
+        // A listener that serves pages answers other paths as a web server does.
+        if !conn.config.get_routes.is_empty() {
+            return plain(StatusCode::NOT_FOUND, "not found\n");
         }
     }
     if req.method() != Method::POST {

@@ -60,42 +60,68 @@ pub struct TransportConfig {
     /// What a client connecting to `tls://`, `wss://` or `https://`
     /// trusts (and presents); the system's roots when unset.
     pub tls_client: Option<ClientTls>,
-    /// On a WebSocket/HTTP listener: answer `GET` of this path with the
-    /// text it renders (metrics for Prometheus, say). Unauthenticated.
-    pub metrics_endpoint: Option<MetricsEndpoint>,
+    /// On a WebSocket/HTTP listener: `GET` paths answered with what a
+    /// function renders (metrics for Prometheus, a web page and its
+    /// scripts). Unauthenticated; other `GET`s get `405`.
+    pub get_routes: Vec<GetRoute>,
 }
 
-/// A `GET` path on the WebSocket/HTTP port whose response a function
-/// renders: where Prometheus scrapes the [`metrics`](crate::metrics).
+/// A `GET` path on the WebSocket/HTTP port and what answers it: where
+/// Prometheus scrapes the [`metrics`](crate::metrics), or a page a browser
+/// loads before it opens its WebSocket.
 #[derive(Clone)]
-pub struct MetricsEndpoint {
+pub struct GetRoute {
     /// The path, e.g. `/metrics`.
     pub path: String,
-    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+    content_type: &'static str,
+    render: std::sync::Arc<dyn Fn() -> Bytes + Send + Sync>,
 }
 
-impl MetricsEndpoint {
-    /// Answers `GET path` with what `render` returns, as
-    /// `text/plain; version=0.0.4` (Prometheus' text format).
+impl GetRoute {
+    /// Answers `GET path` with what `render` returns, as `content_type`.
     pub fn new(
         path: impl Into<String>,
-        render: impl Fn() -> String + Send + Sync + 'static,
-    ) -> MetricsEndpoint {
-        MetricsEndpoint {
+        content_type: &'static str,
+        render: impl Fn() -> Bytes + Send + Sync + 'static,
+    ) -> GetRoute {
+        GetRoute {
             path: path.into(),
+            content_type,
             render: std::sync::Arc::new(render),
         }
     }
 
-    pub(crate) fn render(&self) -> String {
+    /// Always the same body (a page, a script).
+    pub fn fixed(path: impl Into<String>, content_type: &'static str, body: Bytes) -> GetRoute {
+        GetRoute::new(path, content_type, move || body.clone())
+    }
+
+    /// Text in Prometheus' exposition format, rendered per scrape.
+    pub fn metrics(
+        path: impl Into<String>,
+        render: impl Fn() -> String + Send + Sync + 'static,
+    ) -> GetRoute {
+        GetRoute::new(
+            path,
+            "text/plain; version=0.0.4; charset=utf-8",
+            move || Bytes::from(render()),
+        )
+    }
+
+    pub(crate) fn content_type(&self) -> &'static str {
+        self.content_type
+    }
+
+    pub(crate) fn render(&self) -> Bytes {
         (self.render)()
     }
 }
 
-impl std::fmt::Debug for MetricsEndpoint {
+impl std::fmt::Debug for GetRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsEndpoint")
+        f.debug_struct("GetRoute")
             .field("path", &self.path)
+            .field("content_type", &self.content_type)
             .finish_non_exhaustive()
     }
 }
@@ -110,7 +136,7 @@ impl Default for TransportConfig {
             bearer: None,
             tls_server: None,
             tls_client: None,
-            metrics_endpoint: None,
+            get_routes: Vec::new(),
         }
     }
 }
