@@ -26,6 +26,7 @@ mod demo_rpc;
 mod jsonrpc_call;
 mod metrics;
 mod phases;
+mod relay_cmd;
 mod signatures;
 mod tls;
 
@@ -159,6 +160,9 @@ enum Command {
     /// Run the broker daemon (plugins register endpoints; durable queues),
     /// or ask a running one: status, endpoints, inbox, send.
     Broker(broker_cmd::BrokerArgs),
+    /// Serve one stdio JSON-RPC agent (ACP) to many WebSocket devices:
+    /// replay by sequence, a controller lease, sessions.
+    Relay(relay_cmd::RelayArgs),
 }
 
 #[derive(Subcommand)]
@@ -399,6 +403,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             encode(codec.into(), framing.into()).await
         }
         Command::Broker(args) => broker_cmd::run(args).await,
+        Command::Relay(args) => relay_cmd::run(args).await,
     }
 }
 

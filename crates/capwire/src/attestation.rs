@@ -87,4 +87,21 @@ impl Attestation {
         self.peer_addr = Some(addr.into());
         self
     }
+
+    /// Checks the bearer token the transport saw (a WebSocket or HTTP
+    /// request's `Authorization` header or `token=` query) against `tokens`,
+    /// for servers that take connections from a
+    /// [`Listener`](crate::transport::Listener) without
+    /// [`dialect::serve`](crate::dialect::serve). On a match the identity is
+    /// set and true returned; the presented token is forgotten either way.
+    pub fn authenticate(&mut self, tokens: &crate::auth::Tokens) -> bool {
+        let presented = self.presented.take();
+        match presented.as_ref().and_then(|p| tokens.identify(&p.0)) {
+            Some(identity) => {
+                self.identity = Some(identity.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
 }
