@@ -1,15 +1,17 @@
 //! Metrics through the `metrics` facade, scraped the way Prometheus does:
-//! a `GET /metrics` on the server's HTTP port after native and JSON-RPC
-//! calls, errors and a stream over real sockets. (One test: the recorder is
+//! a `GET /metrics` on the server's HTTP port after native, JSON-RPC and
+//! capnweb calls, errors and a stream over real sockets. (One test: the recorder is
 //! process-wide.)
 
 use std::time::Duration;
 
+use capwire::dialect::capnweb::CapnwebSession;
 use capwire::dialect::jsonrpc::{JsonRpcConfig, JsonRpcSession};
 use capwire::dialect::{ServeConfig, Server};
 use capwire::transport::{self, Address, GetRoute, Listener, TransportConfig};
 use capwire::{Code, Methods, Registry, Session, SessionConfig, Status, Value};
 use futures_util::StreamExt;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn scrape(authority: &str, path: &str) -> String {
@@ -87,7 +89,19 @@ async fn calls_errors_streams_bytes_and_sessions_reach_the_endpoint() {
     let rpc = JsonRpcSession::connect(t, Registry::new(), JsonRpcConfig::default());
     rpc.peer().request("m/ok", None, None).await.unwrap();
 
-    // While both connections are open.
+    let t = transport::connect(&addr, &TransportConfig::default())
+        .await
+        .unwrap();
+    let web = CapnwebSession::new(
+        t,
+        capwire::Capability::error(Status::new(Code::NotFound, "")),
+    );
+    web.peer_main()
+        .call("ok", Value::new(&json!([])).unwrap())
+        .await
+        .unwrap();
+
+    // While the connections are open.
     let text = scrape(authority, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("text/plain; version=0.0.4"), "{text}");
@@ -99,6 +113,8 @@ async fn calls_errors_streams_bytes_and_sessions_reach_the_endpoint() {
     assert_eq!(sample(&text, outgoing), 3.0, "the client side counts too");
     let rpc_calls = r#"capwire_calls_total{dialect="jsonrpc",direction="incoming",code="ok"}"#;
     assert_eq!(sample(&text, rpc_calls), 1.0);
+    let web_calls = r#"capwire_calls_total{dialect="capnweb",direction="incoming",code="ok"}"#;
+    assert_eq!(sample(&text, web_calls), 1.0);
     let streams = r#"capwire_streams_total{dialect="capwire",direction="incoming",code="ok"}"#;
     assert_eq!(sample(&text, streams), 1.0);
     assert_eq!(
@@ -122,6 +138,7 @@ async fn calls_errors_streams_bytes_and_sessions_reach_the_endpoint() {
     // Closed sessions leave the gauge.
     session.close().await;
     rpc.close().await;
+    web.close().await;
     let mut left = f64::NAN;
     for _ in 0..100 {
         left = sample(&scrape(authority, "/metrics").await, open);

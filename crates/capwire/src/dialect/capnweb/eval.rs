@@ -388,7 +388,17 @@ impl Inner {
                 self.readable(cap.call_stream(&method, args)).await?,
             ));
         }
-        cap.call(&method, args).await
+        let started = crate::metrics::enabled().then(std::time::Instant::now);
+        let outcome = cap.call(&method, args).await;
+        if let Some(started) = started {
+            let code = outcome.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
+            let (dialect, dir) = (
+                crate::metrics::Dialect::Capnweb,
+                crate::events::Direction::Incoming,
+            );
+            crate::metrics::finished(dialect, false, dir, code, started.elapsed());
+        }
+        outcome
     }
 
     /// A capwire stream as a capnweb ReadableStream: `["pipe"]` now, a value
