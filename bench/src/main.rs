@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p capwire-bench -- --quick        # under a minute
 //! cargo run --release -p capwire-bench -- --out docs/benchmarks.md
+//! cargo run --release -p capwire-bench -- relay          # the relay (issue 17)
 //! ```
 
 /// Code generated from `proto/bench.capnp` (for the capnp-rpc peer).
@@ -18,6 +19,7 @@ mod jsonrpc_servers;
 mod measure;
 mod net;
 mod peers;
+mod relay;
 mod report;
 mod work;
 
@@ -72,6 +74,8 @@ enum Cmd {
         /// The server.
         server: String,
     },
+    /// The relay (issue 17): one agent fanned out to 1, 10, 100 WebSocket clients.
+    Relay(relay::Args),
 }
 
 const WORKS: [Work; 7] = [
@@ -164,6 +168,11 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::ServeIdle { peer }) => return runtime(false)?.block_on(idle::serve(peer)),
         Some(Cmd::ServeJsonrpc { server }) => {
             return runtime(false)?.block_on(jsonrpc_servers::serve(server))
+        }
+        Some(Cmd::Relay(_)) => {
+            if let Some(Cmd::Relay(a)) = args.command {
+                return relay::main(a);
+            }
         }
         None => {}
     }

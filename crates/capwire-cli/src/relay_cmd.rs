@@ -43,6 +43,9 @@ pub(crate) struct RelayArgs {
     /// The agent's working directory.
     #[arg(long)]
     cwd: Option<PathBuf>,
+    /// Do not serve the browser page at `GET /`.
+    #[arg(long)]
+    no_page: bool,
     #[command(flatten)]
     tls: crate::tls::ServerTlsArgs,
     /// The agent's command line, after `--`.
@@ -70,6 +73,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     config.ring_frames = args.ring_frames;
     config.max_sessions = args.max_sessions;
     config.hold_timeout = Duration::from_millis(args.hold_ms);
+    config.page = !args.no_page;
     config.transport = args.tls.apply(config.transport)?;
     if !args.no_discovery {
         config.discovery = Some(args.discovery.unwrap_or_else(default_discovery));
@@ -85,6 +89,14 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     );
     println!("pairing token: {}", relay.token());
     println!("attach: {}?token={}", relay.url(), relay.token());
+    if !args.no_page {
+        // The token goes in the fragment: browsers do not send it to the server.
+        let page = relay
+            .url()
+            .replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1);
+        println!("page: {page}#token={}", relay.token());
+    }
     if let Some(path) = discovery {
         println!("discovery file: {}", path.display());
     }

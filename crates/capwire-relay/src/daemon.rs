@@ -54,6 +54,9 @@ pub struct RelayConfig {
     /// Frames queued toward one client's socket before its delivery waits.
     /// This bounds what a client that stops reading holds. Default 64.
     pub client_queue_frames: usize,
+    /// Serve the browser page ([`crate::page`]) at `GET` of the listen
+    /// path (`/`). Default true.
+    pub page: bool,
     /// Transport settings (TLS for `wss://`).
     pub transport: TransportConfig,
 }
@@ -78,6 +81,7 @@ impl RelayConfig {
             hold_timeout: Duration::from_secs(60),
             max_frame_bytes: 16 << 20,
             client_queue_frames: 64,
+            page: true,
             transport: TransportConfig::default(),
         }
     }
@@ -128,6 +132,12 @@ impl Relay {
         let mut transport = config.transport.clone();
         transport.max_frame_bytes = config.max_frame_bytes;
         transport.queue_frames = config.client_queue_frames.max(1);
+        if config.page {
+            if let Address::Ws { path, .. } = &config.listen {
+                let path = if path.is_empty() { "/" } else { path.as_str() };
+                transport.get_routes.push(crate::page::route(path));
+            }
+        }
         let listener = Listener::bind(&config.listen, transport).await?;
         let url = listener.local_addr().to_string();
         if let Some(path) = &config.discovery {

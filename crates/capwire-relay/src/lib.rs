@@ -19,6 +19,8 @@
 //!   others watch (`not_controller`), `_relay/take_control` hands over.
 //! - **Sessions**: each has its own ring; a client views one at a time; a cap
 //!   evicts the oldest idle, unviewed one.
+//! - **A page** ([`page`]): `GET /` on the relay's port serves a browser
+//!   client (token from the URL fragment, transcript with replay, prompts).
 //!
 //! The client-facing methods (`_relay/attach`, `_relay/take_control`, …) and
 //! the wire contract are described in `docs/relay.md`.
@@ -43,6 +45,7 @@ mod discovery;
 mod frame;
 mod ids;
 pub mod lease;
+pub mod page;
 mod ring;
 mod router;
 mod session;
