@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p capwire-bench -- --quick        # under a minute
 //! cargo run --release -p capwire-bench -- --out docs/benchmarks.md
+//! cargo run --release -p capwire-bench -- broker         # the broker (issue 16)
 //! ```
 
 /// Code generated from `proto/bench.capnp` (for the capnp-rpc peer).
@@ -11,6 +12,7 @@
 mod bench_capnp {
     include!(concat!(env!("OUT_DIR"), "/bench_capnp.rs"));
 }
+mod broker;
 mod capwire_peer;
 mod floor;
 mod idle;
@@ -71,6 +73,14 @@ enum Cmd {
     ServeJsonrpc {
         /// The server.
         server: String,
+    },
+    /// The broker: durable sends/s and send→ack latency against a daemon,
+    /// next to the store's own ceiling.
+    Broker(broker::Args),
+    /// (internal) Run a broker daemon on a data directory until killed.
+    ServeBroker {
+        /// The data directory.
+        dir: std::path::PathBuf,
     },
 }
 
@@ -165,6 +175,8 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::ServeJsonrpc { server }) => {
             return runtime(false)?.block_on(jsonrpc_servers::serve(server))
         }
+        Some(Cmd::Broker(args)) => return runtime(false)?.block_on(broker::run(args)).map(drop),
+        Some(Cmd::ServeBroker { dir }) => return runtime(false)?.block_on(broker::serve(dir)),
         None => {}
     }
     let opts = if args.quick {
