@@ -422,6 +422,7 @@ struct StoreRow {
     commits_per_s: f64,
     /// This process's CPU per message.
     cpu_per_msg: Duration,
+    /// Per message (the store path) or per transaction (redb alone).
     p50: Option<Duration>,
     p99: Option<Duration>,
 }
@@ -444,8 +445,10 @@ fn redb_alone(
     let db = redb::Database::create(dir.path().join("alone.redb"))?;
     let mut seq = 0u64;
     let mut commits = 0u64;
+    let mut took = Vec::new();
     let (start, cpu0) = (Instant::now(), cpu_time());
     while start.elapsed() < budget {
+        let began = Instant::now();
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate);
         {
@@ -456,16 +459,18 @@ fn redb_alone(
             }
         }
         txn.commit()?;
+        took.push(began.elapsed());
         commits += 1;
     }
+    took.sort_unstable();
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_time().saturating_sub(cpu0);
     Ok(StoreRow {
         msgs_per_s: seq as f64 / elapsed,
         commits_per_s: commits as f64 / elapsed,
         cpu_per_msg: cpu / u32::try_from(seq.max(1)).unwrap_or(u32::MAX),
-        p50: None,
-        p99: None,
+        p50: Some(quantile(&took, 0.5)),
+        p99: Some(quantile(&took, 0.99)),
     })
 }
 
@@ -637,7 +642,7 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
         beside.push((path, alone));
     }
     let mut sweep = Vec::new();
-    for b in [1, 64, 1024] {
+    for b in [1, 64, 256, 1024] {
         sweep.push((b, redb_alone(&root, b, targets, &message, budget)?));
     }
 
@@ -717,15 +722,17 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     }
     doc.push_str(
         "\nredb alone by batch size (its batched-commit ceiling):\n\n\
-         | messages per transaction | msgs/s | commits/s | CPU µs/msg |\n\
-         |---:|---:|---:|---:|\n",
+         | messages per transaction | msgs/s | commits/s | transaction p50 | p99 | CPU µs/msg |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
     );
     for (b, r) in &sweep {
         let _ = writeln!(
             doc,
-            "| {b} | {} | {} | {:.1} |",
+            "| {b} | {} | {} | {} | {} | {:.1} |",
             rate(r.msgs_per_s),
             rate(r.commits_per_s),
+            r.p50.map_or("–".into(), us),
+            r.p99.map_or("–".into(), us),
             r.cpu_per_msg.as_secs_f64() * 1e6,
         );
     }

@@ -6,8 +6,10 @@
 //! remembers, for the correlation ids of the messages it received, who sent
 //! them — at most `capacity` entries, each for `ttl`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::store::EndpointId;
 
@@ -40,7 +42,7 @@ impl Unroutable {
 #[derive(Debug, Default)]
 struct Received {
     /// correlation id -> (the endpoint that sent it, when it expires).
-    origins: HashMap<String, (EndpointId, Instant)>,
+    origins: FxHashMap<String, (EndpointId, Instant)>,
     /// Insertion order, for eviction at capacity.
     order: VecDeque<String>,
 }
@@ -50,7 +52,9 @@ struct Received {
 pub struct CorrelationCache {
     ttl: Duration,
     capacity: usize,
-    by_endpoint: HashMap<EndpointId, Received>,
+    /// FxHash: ids and correlation ids are the broker's own, not chosen by
+    /// a peer.
+    by_endpoint: FxHashMap<EndpointId, Received>,
 }
 
 impl CorrelationCache {
@@ -60,7 +64,7 @@ impl CorrelationCache {
         CorrelationCache {
             ttl,
             capacity: capacity.max(1),
-            by_endpoint: HashMap::new(),
+            by_endpoint: FxHashMap::default(),
         }
     }
 

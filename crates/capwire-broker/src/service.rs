@@ -212,7 +212,9 @@ impl BrokerApi for Service {
         self.broker.reattach(endpoint_id, pid)
     }
 
-    async fn send(
+    // Not `async`: the arguments go into the send at once, so the future
+    // that waits for the commit does not carry them too.
+    fn send(
         &self,
         endpoint_id: EndpointId,
         to: Option<EndpointId>,
@@ -220,7 +222,7 @@ impl BrokerApi for Service {
         content: serde_json::Value,
         content_type: Option<String>,
         metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    ) -> Result<Sent, Status> {
+    ) -> impl std::future::Future<Output = Result<Sent, Status>> + Send {
         let out = Outgoing {
             to,
             in_reply_to,
@@ -228,7 +230,7 @@ impl BrokerApi for Service {
             content_type,
             metadata,
         };
-        self.broker.send(Some(endpoint_id), out).await
+        self.broker.send(Some(endpoint_id), out)
     }
 
     async fn receive(

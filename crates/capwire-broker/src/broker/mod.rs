@@ -13,12 +13,13 @@
 //! (`delivery`), the undispatched inbox (`inbox`), and spawn requests
 //! (`spawning`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use capwire::{Code, Reason, Status};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
@@ -109,7 +110,8 @@ struct Endpoint {
 }
 
 struct State {
-    endpoints: HashMap<EndpointId, Endpoint>,
+    /// Hashed with FxHash: the broker issues the ids.
+    endpoints: FxHashMap<EndpointId, Endpoint>,
     /// Closed endpoints, oldest first (forgotten past a bound).
     closed: VecDeque<EndpointId>,
     inbox: BTreeMap<u64, InboxEntry>,

@@ -1,6 +1,6 @@
 //! Opening a broker on a store: what was committed comes back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -27,7 +27,7 @@ impl Broker {
             .map_err(|e| Status::new(Code::Internal, format!("no randomness: {e}")))?;
         let (events, _) = broadcast::channel(4096);
         let mut state = State {
-            endpoints: HashMap::new(),
+            endpoints: Default::default(),
             closed: VecDeque::new(),
             inbox: snapshot.inbox.into_iter().map(|e| (e.id, e)).collect(),
             correlations: CorrelationCache::new(

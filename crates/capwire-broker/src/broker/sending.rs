@@ -2,11 +2,13 @@
 //! source), routed, and committed to its target's queue or to the inbox
 //! before the send is acknowledged.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use capwire::{Code, Status};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, status, store_failed, unknown, Broker, State};
@@ -14,7 +16,7 @@ use crate::events::{BrokerEvent, InboxAction};
 use crate::queue::Queued;
 use crate::routing::Unroutable;
 use crate::state::EndpointState;
-use crate::store::{encode, EndpointId, Envelope, Seq, Write};
+use crate::store::{encode, EndpointId, Envelope, Seq, StoreError, Write};
 
 /// What a plugin sends.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -75,8 +77,30 @@ impl Broker {
     }
 
     /// Sends from endpoint `from` (which must be active), or from an
-    /// operator (`None`). Returns once the message is durable.
-    pub async fn send(&self, from: Option<EndpointId>, out: Outgoing) -> Result<Sent, Status> {
+    /// operator (`None`). The message is checked, stamped and routed at
+    /// once; the future resolves once it is durable.
+    pub fn send(
+        &self,
+        from: Option<EndpointId>,
+        out: Outgoing,
+    ) -> impl Future<Output = Result<Sent, Status>> + Send + 'static {
+        // What waits for the commit is small (no envelope, no arguments), so
+        // a send in flight holds little memory and needs no large allocation.
+        let accepted = self.accept(from, out);
+        let broker = self.clone();
+        async move {
+            match accepted? {
+                Accepted::Queued(pending) => broker.committed(pending).await,
+                Accepted::Unroutable(why, hint, envelope) => {
+                    broker.park(why, hint, &envelope).await
+                }
+            }
+        }
+    }
+
+    /// Checks, stamps and routes a message; a routable one is queued and its
+    /// commit started.
+    fn accept(&self, from: Option<EndpointId>, out: Outgoing) -> Result<Accepted, Status> {
         self.refuse_if_closing()?;
         let mut metadata = out.metadata.unwrap_or_default();
         if metadata.contains_key("correlation_id") {
@@ -105,113 +129,101 @@ impl Broker {
         if let Some(from) = from {
             metadata.insert("source_endpoint_id".into(), from.into());
         }
-        let correlation_id = self.new_correlation();
         let envelope = Envelope {
             from,
-            correlation_id: correlation_id.clone(),
-            in_reply_to: out.in_reply_to.clone(),
+            correlation_id: self.new_correlation(),
+            in_reply_to: out.in_reply_to,
             content: out.content,
             content_type: out.content_type.unwrap_or_else(|| "text".into()),
             metadata,
             sent_at_ms: now_ms(),
         };
         let bytes = encode(&envelope).map_err(store_failed)?;
-        let max = self.inner.limits.max_message_bytes;
-        if bytes.len() > max {
+        let limits = &self.inner.limits;
+        if bytes.len() > limits.max_message_bytes {
             return Err(status(
                 Code::ResourceExhausted,
                 "max_message_bytes",
                 format!(
-                    "the message is {} bytes encoded; the limit is {max}",
-                    bytes.len()
+                    "the message is {} bytes encoded; the limit is {}",
+                    bytes.len(),
+                    limits.max_message_bytes
                 ),
             ));
         }
-        let target = {
-            let state = self.lock();
-            if let Some(from) = from {
-                match state.endpoints.get(&from) {
-                    None => return Err(unknown(from)),
-                    Some(e) if e.state != EndpointState::Active => {
-                        return Err(status(
-                            Code::FailedPrecondition,
-                            "endpoint_not_active",
-                            format!(
-                                "endpoint {from} is {}: only an active endpoint sends \
-                                 (reattach first)",
-                                e.state.as_str()
-                            ),
-                        ))
-                    }
-                    Some(_) => {}
-                }
-            }
-            route(&state, from, out.to, out.in_reply_to.as_deref())
-        };
         let envelope = Arc::new(envelope);
-        match target {
-            Ok(endpoint) => self.enqueue(endpoint, envelope, bytes).await,
-            Err((why, hint)) => self.park(why, hint, &envelope).await,
+        let mut state = self.lock();
+        if let Some(from) = from {
+            match state.endpoints.get(&from) {
+                None => return Err(unknown(from)),
+                Some(e) if e.state != EndpointState::Active => {
+                    return Err(status(
+                        Code::FailedPrecondition,
+                        "endpoint_not_active",
+                        format!(
+                            "endpoint {from} is {}: only an active endpoint sends \
+                             (reattach first)",
+                            e.state.as_str()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
+        let endpoint = match route(&state, from, out.to, envelope.in_reply_to.as_deref()) {
+            Ok(endpoint) => endpoint,
+            Err((why, hint)) => return Ok(Accepted::Unroutable(why, hint, envelope)),
+        };
+        let Some(e) = state.endpoints.get_mut(&endpoint) else {
+            return Err(unknown(endpoint));
+        };
+        if e.queue.len() >= limits.max_queue_messages
+            || e.queue.bytes + bytes.len() > limits.max_queue_bytes
+        {
+            return Err(status(
+                Code::ResourceExhausted,
+                "queue_full",
+                format!(
+                    "endpoint {endpoint}'s queue is full ({} messages, {} bytes; limits {} and {})",
+                    e.queue.len(),
+                    e.queue.bytes,
+                    limits.max_queue_messages,
+                    limits.max_queue_bytes
+                ),
+            ));
+        }
+        let seq = e.queue.next_seq.max(1);
+        e.queue.push(Queued {
+            seq,
+            envelope: envelope.clone(),
+            bytes: bytes.len(),
+            committed: false,
+            deliveries: 0,
+            in_flight: false,
+        });
+        // Under the lock, so this queue's seqs reach the store in order.
+        let commit = self.inner.store.commit(vec![Write::Append {
+            endpoint,
+            seq,
+            bytes,
+        }]);
+        Ok(Accepted::Queued(Pending {
+            endpoint,
+            seq,
+            envelope,
+            commit,
+        }))
     }
 
-    /// Queues a message for `endpoint`, durably; falls back to the inbox if
-    /// the endpoint closed meanwhile.
-    async fn enqueue(
-        &self,
-        endpoint: EndpointId,
-        envelope: Arc<Envelope>,
-        bytes: Vec<u8>,
-    ) -> Result<Sent, Status> {
-        let correlation_id = envelope.correlation_id.clone();
-        let reserved = {
-            let mut state = self.lock();
-            let limits = &self.inner.limits;
-            let e = state
-                .endpoints
-                .get_mut(&endpoint)
-                .ok_or_else(|| unknown(endpoint))?;
-            if e.state == EndpointState::Closed {
-                None
-            } else {
-                if e.queue.len() >= limits.max_queue_messages
-                    || e.queue.bytes + bytes.len() > limits.max_queue_bytes
-                {
-                    return Err(status(
-                        Code::ResourceExhausted,
-                        "queue_full",
-                        format!(
-                        "endpoint {endpoint}'s queue is full ({} messages, {} bytes; limits {} \
-                         and {})",
-                        e.queue.len(),
-                        e.queue.bytes,
-                        limits.max_queue_messages,
-                        limits.max_queue_bytes
-                    ),
-                    ));
-                }
-                let seq = e.queue.next_seq.max(1);
-                e.queue.push(Queued {
-                    seq,
-                    envelope: envelope.clone(),
-                    bytes: bytes.len(),
-                    committed: false,
-                    deliveries: 0,
-                    in_flight: false,
-                });
-                let commit = self.inner.store.commit(vec![Write::Append {
-                    endpoint,
-                    seq,
-                    bytes,
-                }]);
-                Some((seq, commit))
-            }
-        };
-        let Some((seq, commit)) = reserved else {
-            return self
-                .park(Unroutable::EndpointClosed, Some(endpoint), &envelope)
-                .await;
-        };
+    /// Waits for a queued message's commit, then lets its receiver have it
+    /// (or, if the endpoint closed meanwhile, moves it to the inbox).
+    async fn committed(&self, pending: Pending) -> Result<Sent, Status> {
+        let Pending {
+            endpoint,
+            seq,
+            envelope,
+            commit,
+        } = pending;
         let committed = commit.await;
         let closed_meanwhile = {
             let mut state = self.lock();
@@ -250,6 +262,7 @@ impl Broker {
                 Some((inbox_id, commit))
             }
         };
+        let correlation_id = envelope.correlation_id.clone();
         if let Some((inbox_id, commit)) = closed_meanwhile {
             commit.await.map_err(store_failed)?;
             self.emit(BrokerEvent::Inbox {
@@ -274,6 +287,22 @@ impl Broker {
             },
         })
     }
+}
+
+/// What [`Broker::accept`] made of a message.
+enum Accepted {
+    /// Queued for an endpoint; its commit is on its way.
+    Queued(Pending),
+    /// For the inbox.
+    Unroutable(Unroutable, Option<EndpointId>, Arc<Envelope>),
+}
+
+/// A queued message whose commit is on its way.
+struct Pending {
+    endpoint: EndpointId,
+    seq: Seq,
+    envelope: Arc<Envelope>,
+    commit: BoxFuture<'static, Result<(), StoreError>>,
 }
 
 /// Where a message goes, or why it cannot.

@@ -36,8 +36,11 @@ fn db_err(e: impl Into<::redb::Error>) -> StoreError {
     StoreError::Database(e.into().to_string())
 }
 
+/// Where a job's outcome goes.
+type Done = oneshot::Sender<Result<(), StoreError>>;
+
 enum Command {
-    Job(Vec<Write>, oneshot::Sender<Result<(), StoreError>>),
+    Job(Vec<Write>, Done),
     Close(oneshot::Sender<()>),
 }
 
@@ -85,9 +88,30 @@ impl RedbStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let (writer_db, writer_counters) = (db.clone(), counters.clone());
+        // Inside a tokio runtime, a task there answers each transaction's
+        // jobs: the writer thread wakes it once per transaction instead of
+        // waking every job's task from outside the runtime, which costs a
+        // system call each and delays the next transaction.
+        let answers = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Answered>();
+            runtime.spawn(async move {
+                while let Some((jobs, outcome)) = rx.recv().await {
+                    answer(jobs, &outcome);
+                }
+            });
+            tx
+        });
         std::thread::Builder::new()
             .name("capwire-broker-store".into())
-            .spawn(move || writer(&writer_db, rx, max_batch.max(1), &writer_counters))
+            .spawn(move || {
+                writer(
+                    &writer_db,
+                    rx,
+                    max_batch.max(1),
+                    &writer_counters,
+                    answers.as_ref(),
+                )
+            })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(RedbStore {
             db,
@@ -183,14 +207,31 @@ impl Store for RedbStore {
     }
 }
 
+/// A transaction's jobs and its outcome, for the task that answers them.
+type Answered = (Vec<Done>, Result<(), StoreError>);
+
+/// Answers each job of a transaction.
+fn answer(jobs: Vec<Done>, outcome: &Result<(), StoreError>) {
+    for done in jobs {
+        let _ = done.send(match outcome {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Database(e.to_string())),
+        });
+    }
+}
+
 /// The writer thread: group commit until the queue closes or a `Close`.
+/// `answers` is the runtime task that answers the jobs, if there is one;
+/// without it the writer answers them itself.
 fn writer(
     db: &Database,
     mut rx: mpsc::UnboundedReceiver<Command>,
     max_batch: usize,
     counters: &Counters,
+    answers: Option<&mpsc::UnboundedSender<Answered>>,
 ) {
     let mut closing = None;
+    let mut writes = Vec::new();
     while closing.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -199,7 +240,10 @@ fn writer(
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Job(writes, done) => jobs.push((writes, done)),
+                Command::Job(job, done) => {
+                    writes.push(job);
+                    jobs.push(done);
+                }
                 Command::Close(done) => closing = Some(done),
             }
             if jobs.len() < max_batch && closing.is_none() {
@@ -209,21 +253,26 @@ fn writer(
         if jobs.is_empty() {
             continue;
         }
-        let outcome = apply(db, jobs.iter().flat_map(|(w, _)| w.iter()));
+        let outcome = apply(db, writes.iter().flatten());
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters
             .batches
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        let writes: usize = jobs.iter().map(|(w, _)| w.len()).sum();
-        counters.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        let count: usize = writes.iter().map(Vec::len).sum();
+        counters.writes.fetch_add(count as u64, Ordering::Relaxed);
+        writes.clear();
         if let Err(e) = &outcome {
             tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
         }
-        for (_, done) in jobs {
-            let _ = done.send(match &outcome {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Database(e.to_string())),
-            });
+        match answers {
+            Some(answers) => {
+                if let Err(mpsc::error::SendError((jobs, outcome))) = answers.send((jobs, outcome))
+                {
+                    // The runtime is gone: answer from here.
+                    answer(jobs, &outcome);
+                }
+            }
+            None => answer(jobs, &outcome),
         }
     }
     // Refuse whatever is still queued: nothing after a close is written.
