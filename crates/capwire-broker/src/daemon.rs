@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capwire::dialect::{ServeConfig, Server};
+use capwire::dialect::ServeConfig;
 use capwire::transport::{Address, Listener, TransportConfig};
-use capwire::{Registry, ServeHandle, Status};
+use capwire::Status;
 
 use crate::broker::{now_ms, Broker, Limits};
+use crate::connections::Listening;
 use crate::discovery::{self, Discovery, Existing};
-use crate::service::Service;
 use crate::store::{RedbStore, Store, StoreError};
 
 /// The store's file name in the data directory.
@@ -108,11 +108,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 #[derive(Debug)]
 pub struct Daemon {
     broker: Broker,
-    servers: Vec<Server>,
+    listening: Vec<Listening>,
     discovery: Discovery,
     data_dir: PathBuf,
     socket: PathBuf,
-    _served: Vec<ServeHandle>,
 }
 
 impl Daemon {
@@ -139,8 +138,6 @@ impl Daemon {
             let _ = std::fs::set_permissions(dir.join(STORE_FILE), mode);
         }
         let broker = Broker::open(store, config.limits.clone())?;
-        let registry = Registry::new();
-        let served = Service::new(broker.clone()).serve(&registry)?;
         let token = match config.token {
             Some(t) => t,
             None => discovery::new_token().map_err(io("cannot make a token"))?,
@@ -190,9 +187,9 @@ impl Daemon {
             ),
             other => (other.to_string(), other.to_string()),
         };
-        let servers = vec![
-            Server::start(unix, registry.clone(), serve.clone()),
-            Server::start(ws, registry, serve),
+        let listening = vec![
+            Listening::start(unix, broker.clone(), serve.clone())?,
+            Listening::start(ws, broker.clone(), serve)?,
         ];
         let discovery = Discovery {
             pid: std::process::id(),
@@ -208,11 +205,10 @@ impl Daemon {
         tracing::info!(unix = %discovery.unix, ws = %discovery.ws, "broker listening");
         Ok(Daemon {
             broker,
-            servers,
+            listening,
             discovery,
             data_dir: dir,
             socket,
-            _served: served,
         })
     }
 
@@ -236,7 +232,7 @@ impl Daemon {
     /// and removes the socket and the discovery file.
     pub async fn shutdown(self) {
         self.broker.stop();
-        futures_util::future::join_all(self.servers.into_iter().map(Server::shutdown)).await;
+        futures_util::future::join_all(self.listening.into_iter().map(Listening::shutdown)).await;
         self.broker.close().await;
         let _ = std::fs::remove_file(&self.socket);
         // Only our own file: another broker may have replaced a stale one.

@@ -60,6 +60,7 @@
 
 pub mod broker;
 pub mod client;
+mod connections;
 pub mod daemon;
 pub mod discovery;
 pub mod events;

@@ -41,8 +41,10 @@ impl Broker {
     /// Starts delivering an active endpoint's messages: oldest
     /// unacknowledged first, then new ones as they are committed, with at
     /// most `window` delivered and unacknowledged. The stream ends when the
-    /// endpoint closes or another connection takes it over; dropping it
-    /// (its connection closed) moves the endpoint to reconnecting.
+    /// endpoint closes or another connection takes it over. When it ends
+    /// otherwise (its connection closed, or its caller cancelled it) and no
+    /// open connection holds the endpoint, the endpoint becomes
+    /// reconnecting.
     pub fn receive(
         &self,
         id: EndpointId,
@@ -84,6 +86,7 @@ impl Broker {
                 ));
             }
             e.receiver = Some(generation);
+            e.last_seen = Instant::now();
             e.queue.reset_in_flight();
             generation
         };
@@ -106,8 +109,9 @@ impl Broker {
     /// Acknowledges delivered messages: they leave the store.
     pub async fn ack(&self, id: EndpointId, seqs: &[Seq]) -> Result<Acked, Status> {
         let (valid, ignored, commit) = {
-            let state = self.lock();
-            let e = state.endpoints.get(&id).ok_or_else(|| unknown(id))?;
+            let mut state = self.lock();
+            let e = state.endpoints.get_mut(&id).ok_or_else(|| unknown(id))?;
+            e.last_seen = Instant::now();
             let (valid, ignored): (Vec<Seq>, Vec<Seq>) = seqs
                 .iter()
                 .partition(|s| e.queue.get(**s).is_some_and(|q| q.in_flight));

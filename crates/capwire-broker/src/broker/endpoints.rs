@@ -2,17 +2,16 @@
 //! reattaching, task hints, and the state machine's effects carried out
 //! (a closed endpoint's queue moves to the inbox).
 
-use std::sync::Arc;
+use std::time::Instant;
 
 use capwire::{Code, Status};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use super::{
-    closed, now_ms, status, store_failed, unknown, Broker, Endpoint, State, CLOSED_REMEMBERED,
+    closed, now_ms, status, store_failed, unknown, Broker, ConnectionId, Endpoint, State,
+    CLOSED_REMEMBERED,
 };
 use crate::events::{BrokerEvent, InboxAction};
-use crate::queue::Queue;
 use crate::routing::Unroutable;
 use crate::state::{transition, Effect, EndpointEvent, EndpointState, Transition};
 use crate::store::{EndpointId, EndpointRecord, Write};
@@ -90,8 +89,14 @@ pub struct EndpointStatus {
 }
 
 impl Broker {
-    /// Registers an endpoint (state `active`). It is durable before this returns.
-    pub async fn register(&self, reg: Registration) -> Result<Registered, Status> {
+    /// Registers an endpoint (state `active`), bound to the connection
+    /// `conn` if the plugin has one (see [`Connection`](super::Connection)).
+    /// It is durable before this returns.
+    pub async fn register(
+        &self,
+        reg: Registration,
+        conn: Option<ConnectionId>,
+    ) -> Result<Registered, Status> {
         self.refuse_if_closing()?;
         if reg.kind.trim().is_empty() {
             return Err(status(
@@ -146,23 +151,24 @@ impl Broker {
         };
         commit.await.map_err(store_failed)?;
         let id = record.id;
-        self.lock().endpoints.insert(
-            id,
-            Endpoint {
-                record,
-                state: EndpointState::Active,
-                queue: Queue::default(),
-                receiver: None,
-                wake: Arc::new(Notify::new()),
-                grace: None,
-            },
-        );
+        let connection_lost = {
+            let mut state = self.lock();
+            let (owner, lost) = state.bind(conn);
+            state
+                .endpoints
+                .insert(id, Endpoint::new(record, EndpointState::Active, owner));
+            lost
+        };
         self.emit(BrokerEvent::EndpointState {
             endpoint_id: id,
             from: None,
             to: EndpointState::Active,
             cause: "register".into(),
         });
+        if connection_lost {
+            // Its connection closed while the registration was written.
+            self.connection_lost(id);
+        }
         let spawn_completed = match &reg.spawn_token {
             Some(token) => self.inner.spawner.complete(token, id, self),
             None => false,
@@ -194,9 +200,15 @@ impl Broker {
         f(endpoint)
     }
 
-    /// Says the plugin is alive; returns the endpoint's state.
+    /// Says the plugin is alive (any call naming the endpoint does too);
+    /// returns the endpoint's state. An endpoint without an open connection
+    /// that is not heard from within `Limits::heartbeat_expiry` becomes
+    /// reconnecting.
     pub fn heartbeat(&self, id: EndpointId) -> Result<EndpointState, Status> {
-        self.with_endpoint(id, |e| Ok(e.state))
+        self.with_endpoint(id, |e| {
+            e.last_seen = Instant::now();
+            Ok(e.state)
+        })
     }
 
     /// Closes an endpoint for good; its held messages go to the inbox.
@@ -211,9 +223,18 @@ impl Broker {
 
     /// Takes a reconnecting endpoint back (or an active one over, from a
     /// connection the broker has not seen close yet); `pid` must be the
-    /// registered one. Then `receive` delivers what was held, in order.
-    pub fn reattach(&self, id: EndpointId, pid: u32) -> Result<Reattached, Status> {
-        let held = self.with_endpoint(id, |e| {
+    /// registered one. The endpoint is bound to `conn` from now on. Then
+    /// `receive` delivers what was held, in order.
+    pub fn reattach(
+        &self,
+        id: EndpointId,
+        pid: u32,
+        conn: Option<ConnectionId>,
+    ) -> Result<Reattached, Status> {
+        let (held, connection_lost) = {
+            let mut state = self.lock();
+            let (owner, lost) = state.bind(conn);
+            let e = state.endpoints.get_mut(&id).ok_or_else(|| unknown(id))?;
             if e.state == EndpointState::Closed {
                 return Err(closed(id));
             }
@@ -224,9 +245,14 @@ impl Broker {
                     format!("endpoint {id} was registered by another pid"),
                 ));
             }
-            Ok(e.queue.len() as u64)
-        })?;
+            e.owner = owner;
+            e.last_seen = Instant::now();
+            (e.queue.len() as u64, lost)
+        };
         self.apply(id, EndpointEvent::Reattach, "reattach");
+        if connection_lost {
+            self.connection_lost(id);
+        }
         Ok(Reattached { held })
     }
 
@@ -238,6 +264,7 @@ impl Broker {
             if e.state == EndpointState::Closed {
                 return Err(closed(id));
             }
+            e.last_seen = Instant::now();
             e.record.task_hint = Some(hint.clone());
             Ok(self
                 .inner

@@ -18,6 +18,13 @@ pub struct Limits {
     pub max_inbox: usize,
     /// How long a reconnecting endpoint waits for its plugin. Default 30 s.
     pub grace: Duration,
+    /// How long an active endpoint without an open connection (its plugin
+    /// calls over HTTP, or its connection closed while another one was
+    /// receiving for it and that one closed too) stays active without a
+    /// call naming it (`heartbeat`, or any other); then it becomes
+    /// reconnecting. Endpoints on an open connection need no heartbeats.
+    /// Default 60 s.
+    pub heartbeat_expiry: Duration,
     /// How long a received correlation id can be replied to. Default 10 min.
     pub correlation_ttl: Duration,
     /// Correlation ids remembered per endpoint. Default 4096.
@@ -43,6 +50,7 @@ impl Default for Limits {
             max_message_bytes: 1 << 20,
             max_inbox: 10_000,
             grace: Duration::from_secs(30),
+            heartbeat_expiry: Duration::from_secs(60),
             correlation_ttl: Duration::from_secs(600),
             correlation_capacity: 4096,
             max_task_hint_chars: 256,

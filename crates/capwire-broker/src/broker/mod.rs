@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use capwire::{Code, Reason, Status};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
@@ -43,7 +43,7 @@ mod spawning;
 pub use delivery::{Acked, Delivery};
 pub use endpoints::{EndpointStatus, Reattached, Registered, Registration, TaskHint};
 pub use limits::Limits;
-pub use liveness::pid_alive;
+pub use liveness::{pid_alive, Connection, ConnectionId};
 pub use sending::{Outgoing, Routed, Sent};
 
 /// The broker at a glance.
@@ -105,8 +105,29 @@ struct Endpoint {
     queue: Queue,
     /// The generation of the attached receiver, if one is attached.
     receiver: Option<u64>,
+    /// The open connection that registered or last reattached it; `None`
+    /// for a plugin without one (HTTP requests, in-process callers), which
+    /// heartbeats keep alive.
+    owner: Option<ConnectionId>,
+    /// The last call that named it (any call counts as a heartbeat).
+    last_seen: Instant,
     wake: Arc<Notify>,
     grace: Option<JoinHandle<()>>,
+}
+
+impl Endpoint {
+    fn new(record: EndpointRecord, state: EndpointState, owner: Option<ConnectionId>) -> Endpoint {
+        Endpoint {
+            record,
+            state,
+            queue: Queue::default(),
+            receiver: None,
+            owner,
+            last_seen: Instant::now(),
+            wake: Arc::new(Notify::new()),
+            grace: None,
+        }
+    }
 }
 
 struct State {
@@ -119,6 +140,9 @@ struct State {
     next_endpoint_id: EndpointId,
     next_inbox_id: u64,
     next_receiver: u64,
+    /// Connections open now (see [`Connection`]).
+    connections: FxHashSet<ConnectionId>,
+    next_connection: ConnectionId,
 }
 
 /// Closed endpoints remembered (so a send to one says `endpoint_closed`).

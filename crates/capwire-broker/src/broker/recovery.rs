@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use capwire::{Code, Status};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use super::{pid_alive, store_failed, Broker, Endpoint, Inner, Limits, State};
-use crate::queue::{Queue, Queued};
+use crate::queue::Queued;
 use crate::routing::{CorrelationCache, Unroutable};
 use crate::spawn::Spawner;
 use crate::state::{EndpointEvent, EndpointState};
@@ -37,18 +37,13 @@ impl Broker {
             next_endpoint_id: snapshot.next_endpoint_id.max(1),
             next_inbox_id: snapshot.next_inbox_id.max(1),
             next_receiver: 1,
+            connections: Default::default(),
+            next_connection: 1,
         };
         for record in snapshot.endpoints {
             state.endpoints.insert(
                 record.id,
-                Endpoint {
-                    state: EndpointState::Reconnecting,
-                    record,
-                    queue: Queue::default(),
-                    receiver: None,
-                    wake: Arc::new(Notify::new()),
-                    grace: None,
-                },
+                Endpoint::new(record, EndpointState::Reconnecting, None),
             );
         }
         let mut orphans = Vec::new();

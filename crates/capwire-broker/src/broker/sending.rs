@@ -154,7 +154,7 @@ impl Broker {
         let envelope = Arc::new(envelope);
         let mut state = self.lock();
         if let Some(from) = from {
-            match state.endpoints.get(&from) {
+            match state.endpoints.get_mut(&from) {
                 None => return Err(unknown(from)),
                 Some(e) if e.state != EndpointState::Active => {
                     return Err(status(
@@ -167,7 +167,7 @@ impl Broker {
                         ),
                     ))
                 }
-                Some(_) => {}
+                Some(e) => e.last_seen = Instant::now(),
             }
         }
         let endpoint = match route(&state, from, out.to, envelope.in_reply_to.as_deref()) {

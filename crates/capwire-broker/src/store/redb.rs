@@ -53,7 +53,9 @@ struct Counters {
 
 /// A [`Store`] in one redb file, with group commit.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// Released by `close`, so that the file can be opened again while
+    /// clones of the broker that held this store are still being dropped.
+    db: Mutex<Option<Arc<Database>>>,
     jobs: Mutex<Option<mpsc::UnboundedSender<Command>>>,
     counters: Arc<Counters>,
 }
@@ -105,7 +107,7 @@ impl RedbStore {
             .name("capwire-broker-store".into())
             .spawn(move || {
                 writer(
-                    &writer_db,
+                    writer_db,
                     rx,
                     max_batch.max(1),
                     &writer_counters,
@@ -114,7 +116,7 @@ impl RedbStore {
             })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(RedbStore {
-            db,
+            db: Mutex::new(Some(db)),
             jobs: Mutex::new(Some(tx)),
             counters,
         })
@@ -127,7 +129,13 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let mut snapshot = Snapshot::default();
         let endpoints = txn.open_table(ENDPOINTS).map_err(db_err)?;
         for row in endpoints.iter().map_err(db_err)? {
@@ -195,12 +203,15 @@ impl Store for RedbStore {
 
     fn close(&self) -> BoxFuture<'static, Result<(), StoreError>> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner()).take();
         async move {
             let Some(jobs) = jobs else { return Ok(()) };
             let (done, closed) = oneshot::channel();
             if jobs.send(Command::Close(done)).is_ok() {
                 let _ = closed.await;
             }
+            // The writer thread has let go of its handle: this is the last.
+            drop(db);
             Ok(())
         }
         .boxed()
@@ -224,7 +235,7 @@ fn answer(jobs: Vec<Done>, outcome: &Result<(), StoreError>) {
 /// `answers` is the runtime task that answers the jobs, if there is one;
 /// without it the writer answers them itself.
 fn writer(
-    db: &Database,
+    db: Arc<Database>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     max_batch: usize,
     counters: &Counters,
@@ -253,7 +264,7 @@ fn writer(
         if jobs.is_empty() {
             continue;
         }
-        let outcome = apply(db, writes.iter().flatten());
+        let outcome = apply(&db, writes.iter().flatten());
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters
             .batches
@@ -282,6 +293,8 @@ fn writer(
             let _ = done.send(Err(StoreError::Closed));
         }
     }
+    // Let go of the database before saying the store is closed.
+    drop(db);
     if let Some(done) = closing {
         let _ = done.send(());
     }
