@@ -69,6 +69,7 @@ pub mod service;
 pub mod spawn;
 pub mod state;
 pub mod store;
+pub mod upstream;
 
 mod queue;
 
