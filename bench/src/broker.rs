@@ -93,6 +93,7 @@ impl Child9 {
                 unix: String::new(),
                 ws: String::new(),
                 http: String::new(),
+                admin: None,
                 token: String::new(),
                 started_at_ms: 0,
             },

@@ -9,6 +9,7 @@ use capwire::dialect::ServeConfig;
 use capwire::transport::{Address, Listener, TransportConfig};
 use capwire::Status;
 
+use crate::admin_http::AdminHttp;
 use crate::broker::{now_ms, Broker, Limits};
 use crate::connections::Listening;
 use crate::discovery::{self, Discovery, Existing};
@@ -31,6 +32,10 @@ pub struct DaemonConfig {
     pub listen: String,
     /// The bearer token; a new random one per start by default.
     pub token: Option<String>,
+    /// Where the admin HTTP API (plain `GET`s, JSON) binds, `HOST:PORT`;
+    /// `None` runs none. Default `127.0.0.1:0` (a free loopback port,
+    /// written to the discovery file).
+    pub admin_listen: Option<String>,
     /// Bounds and timers.
     pub limits: Limits,
 }
@@ -42,6 +47,7 @@ impl DaemonConfig {
             data_dir: data_dir.into(),
             listen: "ws://127.0.0.1:0/".into(),
             token: None,
+            admin_listen: Some("127.0.0.1:0".into()),
             limits: Limits::default(),
         }
     }
@@ -109,6 +115,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 pub struct Daemon {
     broker: Broker,
     listening: Vec<Listening>,
+    admin: Option<AdminHttp>,
     discovery: Discovery,
     data_dir: PathBuf,
     socket: PathBuf,
@@ -142,8 +149,17 @@ impl Daemon {
             Some(t) => t,
             None => discovery::new_token().map_err(io("cannot make a token"))?,
         };
+        let tokens = capwire::auth::Tokens::new().with(&token, "plugin");
+        let admin = match &config.admin_listen {
+            Some(addr) => Some(
+                AdminHttp::start(addr, broker.clone(), tokens.clone())
+                    .await
+                    .map_err(io(format!("cannot listen on {addr} (admin HTTP)")))?,
+            ),
+            None => None,
+        };
         let mut serve = ServeConfig::default();
-        serve.tokens = Some(capwire::auth::Tokens::new().with(&token, "plugin"));
+        serve.tokens = Some(tokens);
         serve.capnweb_main = Some("capwire.broker".into());
 
         let socket = dir.join(SOCKET_FILE);
@@ -196,6 +212,7 @@ impl Daemon {
             unix: unix_addr.to_string(),
             ws: ws_url,
             http: http_url,
+            admin: admin.as_ref().map(AdminHttp::url),
             token,
             started_at_ms: now_ms(),
         };
@@ -206,6 +223,7 @@ impl Daemon {
         Ok(Daemon {
             broker,
             listening,
+            admin,
             discovery,
             data_dir: dir,
             socket,
@@ -233,6 +251,9 @@ impl Daemon {
     pub async fn shutdown(self) {
         self.broker.stop();
         futures_util::future::join_all(self.listening.into_iter().map(Listening::shutdown)).await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         self.broker.close().await;
         let _ = std::fs::remove_file(&self.socket);
         // Only our own file: another broker may have replaced a stale one.
@@ -250,6 +271,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     println!("  unix socket: {}", d.unix);
     println!("  websocket:   {}", d.ws);
     println!("  http:        {}", d.http);
+    if let Some(admin) = &d.admin {
+        println!("  admin:       {admin}");
+    }
     println!(
         "  discovery:   {}",
         daemon.data_dir().join(discovery::FILE_NAME).display()

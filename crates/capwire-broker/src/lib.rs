@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+mod admin_http;
 pub mod broker;
 pub mod client;
 mod connections;
