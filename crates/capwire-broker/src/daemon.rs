@@ -13,6 +13,7 @@ use crate::admin_http::AdminHttp;
 use crate::broker::{now_ms, Broker, Limits};
 use crate::connections::Listening;
 use crate::discovery::{self, Discovery, Existing};
+use crate::spawn::{CommandDriver, SpawnDriver as _};
 use crate::store::{RedbStore, Store, StoreError};
 
 /// The store's file name in the data directory.
@@ -38,6 +39,9 @@ pub struct DaemonConfig {
     pub admin_listen: Option<String>,
     /// Bounds and timers.
     pub limits: Limits,
+    /// Spawn drivers that run a command, one per runtime kind (the
+    /// `--spawn KIND=COMMAND` option). Default none.
+    pub spawn: Vec<CommandDriver>,
 }
 
 impl DaemonConfig {
@@ -49,6 +53,7 @@ impl DaemonConfig {
             token: None,
             admin_listen: Some("127.0.0.1:0".into()),
             limits: Limits::default(),
+            spawn: Vec::new(),
         }
     }
 }
@@ -145,6 +150,10 @@ impl Daemon {
             let _ = std::fs::set_permissions(dir.join(STORE_FILE), mode);
         }
         let broker = Broker::open(store, config.limits.clone())?;
+        for driver in &config.spawn {
+            tracing::info!(kind = driver.kind(), "spawn driver");
+            broker.add_spawn_driver(Arc::new(driver.clone()));
+        }
         let token = match config.token {
             Some(t) => t,
             None => discovery::new_token().map_err(io("cannot make a token"))?,

@@ -113,3 +113,56 @@ async fn spawn_tokens_complete_requests_and_requests_are_bounded() {
     );
     daemon.shutdown().await;
 }
+
+/// The daemon binary takes its command drivers from `--spawn KIND=COMMAND`
+/// (`capwire broker --spawn` is the same option).
+#[tokio::test]
+async fn spawn_drivers_come_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("token.txt");
+    let spec = format!(
+        "writer=sh -c 'printf %s \"$CAPWIRE_SPAWN_TOKEN\" > {}'",
+        out.display()
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_capwire-broker"))
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--spawn", &spec])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = loop {
+        if let Ok(d) = capwire_broker::discovery::Discovery::read(dir.path()) {
+            break d;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the broker exited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let client = Client::connect(&d.unix, &d.token).await.unwrap();
+    let admin = client.admin().await.unwrap();
+    let started = admin.spawn("writer".into(), None).await.unwrap();
+    let mut token = String::new();
+    for _ in 0..500 {
+        token = std::fs::read_to_string(&out).unwrap_or_default();
+        if !token.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(token, started.spawn_token, "the command ran with the token");
+    let unknown = admin.spawn("other".into(), None).await.unwrap_err();
+    assert_eq!(unknown.code, Code::Unimplemented);
+    client.close().await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A malformed option stops the binary before it starts.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_capwire-broker"))
+        .arg("--data")
+        .arg(dir.path().join("other"))
+        .args(["--spawn", "no-command-here"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}

@@ -1,5 +1,6 @@
-//! `capwire-broker [--data DIR] [--listen ws://127.0.0.1:PORT/] [--grace-ms N]`:
-//! the broker daemon on its own (`capwire broker` runs the same).
+//! `capwire-broker [--data DIR] [--listen ws://127.0.0.1:PORT/] [--grace-ms N]
+//! [--spawn KIND=COMMAND]...`: the broker daemon on its own (`capwire broker`
+//! runs the same).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +22,9 @@ fn main() -> ExitCode {
         let parsed = match arg.as_str() {
             "--data" => value("--data").map(|v| config.data_dir = v.into()),
             "--listen" => value("--listen").map(|v| config.listen = v),
+            "--spawn" => value("--spawn")
+                .and_then(|v| capwire_broker::spawn::CommandDriver::parse(&v))
+                .map(|d| config.spawn.push(d)),
             "--grace-ms" => value("--grace-ms").and_then(|v| {
                 v.parse::<u64>()
                     .map(|ms| config.limits.grace = Duration::from_millis(ms))

@@ -9,9 +9,9 @@ use capwire::{Code, Status};
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{closed, status, store_failed, unknown, Broker};
+use super::{closed, now_ms, status, store_failed, unknown, Broker};
 use crate::state::EndpointState;
-use crate::store::{EndpointId, Envelope, Seq, Write};
+use crate::store::{CorrelationRecord, EndpointId, Envelope, Seq, Write};
 
 /// One delivered message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -176,22 +176,46 @@ impl Receiver {
                 if batch.is_empty() {
                     (Some(e.wake.clone()), None)
                 } else {
-                    // Reply routing: the receiver may answer these.
+                    // Reply routing: the receiver may answer these, also
+                    // after a restart (written with the delivery count).
+                    let (now, now_ms) = (Instant::now(), now_ms());
+                    let expires_at_ms =
+                        now_ms.saturating_add(state.correlations.ttl().as_millis() as u64);
+                    let mut records = Vec::new();
+                    let mut evicted = Vec::new();
                     for d in &batch {
                         if let Some(from) = d.envelope.from {
-                            state.correlations.record(
+                            evicted.extend(state.correlations.record(
                                 self.endpoint,
                                 &d.envelope.correlation_id,
                                 from,
-                                Instant::now(),
-                            );
+                                now,
+                            ));
+                            records.push(CorrelationRecord {
+                                correlation_id: d.envelope.correlation_id.clone(),
+                                origin: from,
+                                expires_at_ms,
+                            });
                         }
                     }
                     let seqs = batch.iter().map(|d| d.seq).collect();
-                    let commit = self.broker.inner.store.commit(vec![Write::Delivered {
+                    let mut writes = vec![Write::Delivered {
                         endpoint: self.endpoint,
                         seqs,
-                    }]);
+                    }];
+                    if !records.is_empty() {
+                        writes.push(Write::PutCorrelations {
+                            receiver: self.endpoint,
+                            records,
+                        });
+                    }
+                    if !evicted.is_empty() {
+                        writes.push(Write::ForgetCorrelations {
+                            receiver: self.endpoint,
+                            correlation_ids: evicted,
+                        });
+                    }
+                    let commit = self.broker.inner.store.commit(writes);
                     (None, Some((batch, commit)))
                 }
             };

@@ -385,6 +385,7 @@ impl Broker {
             writes.push(Write::InboxAdd(entry));
         }
         writes.push(Write::RemoveEndpoint(id));
+        writes.push(Write::ForgetEndpointCorrelations(id));
         state.correlations.forget(id);
         state.closed.push_back(id);
         while state.closed.len() > CLOSED_REMEMBERED {

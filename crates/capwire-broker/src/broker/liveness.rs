@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::{Broker, State};
 use crate::state::{EndpointEvent, EndpointState};
-use crate::store::EndpointId;
+use crate::store::{EndpointId, Write};
 
 /// A connection's id, issued by [`Broker::open_connection`].
 pub type ConnectionId = u64;
@@ -153,7 +153,23 @@ impl Broker {
                 let now = Instant::now();
                 let (gone, silent): (Vec<_>, Vec<_>) = {
                     let mut state = broker.lock();
-                    state.correlations.sweep(now);
+                    let expired: Vec<_> = state
+                        .correlations
+                        .sweep(now)
+                        .into_iter()
+                        .map(|(receiver, correlation_ids)| Write::ForgetCorrelations {
+                            receiver,
+                            correlation_ids,
+                        })
+                        .collect();
+                    if !expired.is_empty() {
+                        let commit = broker.inner.store.commit(expired);
+                        tokio::spawn(async move {
+                            if let Err(e) = commit.await {
+                                tracing::warn!(error = %e, "forgetting expired correlations failed");
+                            }
+                        });
+                    }
                     let gone = state
                         .endpoints
                         .values()

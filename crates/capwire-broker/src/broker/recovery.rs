@@ -3,17 +3,17 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use capwire::{Code, Status};
 use tokio::sync::broadcast;
 
-use super::{pid_alive, store_failed, Broker, Endpoint, Inner, Limits, State};
+use super::{now_ms, pid_alive, store_failed, Broker, Endpoint, Inner, Limits, State};
 use crate::queue::Queued;
 use crate::routing::{CorrelationCache, Unroutable};
 use crate::spawn::Spawner;
 use crate::state::{EndpointEvent, EndpointState};
-use crate::store::{Store, Write};
+use crate::store::{EndpointId, Store, Write};
 
 impl Broker {
     /// Starts a broker on `store`, recovering what it holds: endpoints come
@@ -46,6 +46,25 @@ impl Broker {
                 Endpoint::new(record, EndpointState::Reconnecting, None),
             );
         }
+        // Reply correlations that have not expired, oldest first per
+        // endpoint; expired ones, those of forgotten endpoints and any past
+        // the capacity are forgotten in the store too.
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let mut correlations = snapshot.correlations;
+        correlations.sort_by_key(|(receiver, r)| (*receiver, r.expires_at_ms));
+        let mut stale: Vec<(EndpointId, String)> = Vec::new();
+        for (receiver, r) in correlations {
+            if r.expires_at_ms <= now_ms || !state.endpoints.contains_key(&receiver) {
+                stale.push((receiver, r.correlation_id));
+                continue;
+            }
+            let expires = now + Duration::from_millis(r.expires_at_ms - now_ms);
+            let evicted =
+                state
+                    .correlations
+                    .restore(receiver, &r.correlation_id, r.origin, expires);
+            stale.extend(evicted.into_iter().map(|c| (receiver, c)));
+        }
         let mut orphans = Vec::new();
         for m in snapshot.messages {
             let item = Queued {
@@ -74,6 +93,21 @@ impl Broker {
                 spawner: Spawner::default(),
             }),
         };
+        if !stale.is_empty() {
+            let writes = stale
+                .into_iter()
+                .map(|(receiver, id)| Write::ForgetCorrelations {
+                    receiver,
+                    correlation_ids: vec![id],
+                })
+                .collect();
+            let commit = broker.inner.store.commit(writes);
+            tokio::spawn(async move {
+                if let Err(e) = commit.await {
+                    tracing::warn!(error = %e, "forgetting stale correlations failed");
+                }
+            });
+        }
         // Messages whose endpoint record is gone cannot be delivered:
         // the inbox takes them.
         if !orphans.is_empty() {

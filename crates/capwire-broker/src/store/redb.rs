@@ -16,8 +16,8 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    EndpointRecord, Envelope, InboxEntry, Snapshot, Store, StoreError, StoreStats, StoredMessage,
-    Write,
+    CorrelationRecord, EndpointRecord, Envelope, InboxEntry, Snapshot, Store, StoreError,
+    StoreStats, StoredMessage, Write,
 };
 
 const MESSAGES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("messages");
@@ -25,6 +25,9 @@ const DELIVERIES: TableDefinition<'_, (u64, u64), u32> = TableDefinition::new("d
 const ENDPOINTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("endpoints");
 const INBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("inbox");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// (receiver, correlation id) -> (origin, expires at ms).
+const CORRELATIONS: TableDefinition<'_, (u64, &str), (u64, u64)> =
+    TableDefinition::new("correlations");
 
 const NEXT_ENDPOINT: &str = "next_endpoint_id";
 const NEXT_INBOX: &str = "next_inbox_id";
@@ -85,6 +88,7 @@ impl RedbStore {
         txn.open_table(ENDPOINTS).map_err(db_err)?;
         txn.open_table(INBOX).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
+        txn.open_table(CORRELATIONS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -168,6 +172,20 @@ impl Store for RedbStore {
             snapshot
                 .inbox
                 .push(serde_json::from_slice::<InboxEntry>(v.value())?);
+        }
+        let correlations = txn.open_table(CORRELATIONS).map_err(db_err)?;
+        for row in correlations.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let (receiver, correlation_id) = k.value();
+            let (origin, expires_at_ms) = v.value();
+            snapshot.correlations.push((
+                receiver,
+                CorrelationRecord {
+                    correlation_id: correlation_id.to_owned(),
+                    origin,
+                    expires_at_ms,
+                },
+            ));
         }
         let meta = txn.open_table(META).map_err(db_err)?;
         let counter = |name: &str| -> Result<u64, StoreError> {
@@ -316,6 +334,7 @@ fn write_all<'a>(
     let mut endpoints = txn.open_table(ENDPOINTS).map_err(db_err)?;
     let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
     let mut meta = txn.open_table(META).map_err(db_err)?;
+    let mut correlations = txn.open_table(CORRELATIONS).map_err(db_err)?;
     let mut bump = |name: &str, id: u64| -> Result<(), StoreError> {
         let next = meta.get(name).map_err(db_err)?.map_or(1, |v| v.value());
         if id >= next {
@@ -373,6 +392,32 @@ fn write_all<'a>(
             }
             Write::InboxRemove(id) => {
                 inbox.remove(*id).map_err(db_err)?;
+            }
+            Write::PutCorrelations { receiver, records } => {
+                for r in records {
+                    correlations
+                        .insert(
+                            (*receiver, r.correlation_id.as_str()),
+                            (r.origin, r.expires_at_ms),
+                        )
+                        .map_err(db_err)?;
+                }
+            }
+            Write::ForgetCorrelations {
+                receiver,
+                correlation_ids,
+            } => {
+                for id in correlation_ids {
+                    correlations
+                        .remove((*receiver, id.as_str()))
+                        .map_err(db_err)?;
+                }
+            }
+            Write::ForgetEndpointCorrelations(receiver) => {
+                let next = receiver.saturating_add(1);
+                correlations
+                    .retain_in((*receiver, "")..(next, ""), |_, _| false)
+                    .map_err(db_err)?;
             }
         }
     }
