@@ -68,7 +68,7 @@ impl Drop for Server {
 }
 
 /// CPU time of process `pid` (user + system), from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start after ')'.
     let rest = stat.rsplit_once(')').context("stat")?.1;

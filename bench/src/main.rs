@@ -5,6 +5,7 @@
 //! cargo run --release -p capwire-bench -- --quick        # under a minute
 //! cargo run --release -p capwire-bench -- --out docs/benchmarks.md
 //! cargo run --release -p capwire-bench -- relay          # the relay (issue 17)
+//! cargo run --release -p capwire-bench -- broker         # the broker (issue 16)
 //! ```
 
 /// Code generated from `proto/bench.capnp` (for the capnp-rpc peer).
@@ -12,6 +13,7 @@
 mod bench_capnp {
     include!(concat!(env!("OUT_DIR"), "/bench_capnp.rs"));
 }
+mod broker;
 mod capwire_peer;
 mod floor;
 mod idle;
@@ -76,6 +78,14 @@ enum Cmd {
     },
     /// The relay (issue 17): one agent fanned out to 1, 10, 100 WebSocket clients.
     Relay(relay::Args),
+    /// The broker: durable sends/s and send→ack latency against a daemon,
+    /// next to the store's own ceiling.
+    Broker(broker::Args),
+    /// (internal) Run a broker daemon on a data directory until killed.
+    ServeBroker {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 const WORKS: [Work; 7] = [
@@ -174,6 +184,8 @@ fn main() -> anyhow::Result<()> {
                 return relay::main(a);
             }
         }
+        Some(Cmd::Broker(args)) => return runtime(false)?.block_on(broker::run(args)).map(drop),
+        Some(Cmd::ServeBroker { dir }) => return runtime(false)?.block_on(broker::serve(dir)),
         None => {}
     }
     let opts = if args.quick {

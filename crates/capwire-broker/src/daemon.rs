@@ -5,13 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capwire::dialect::{ServeConfig, Server};
+use capwire::dialect::ServeConfig;
 use capwire::transport::{Address, Listener, TransportConfig};
-use capwire::{Registry, ServeHandle, Status};
+use capwire::Status;
 
+use crate::admin_http::AdminHttp;
 use crate::broker::{now_ms, Broker, Limits};
+use crate::connections::Listening;
 use crate::discovery::{self, Discovery, Existing};
-use crate::service::Service;
+use crate::spawn::{CommandDriver, SpawnDriver as _};
 use crate::store::{RedbStore, Store, StoreError};
 
 /// The store's file name in the data directory.
@@ -31,8 +33,15 @@ pub struct DaemonConfig {
     pub listen: String,
     /// The bearer token; a new random one per start by default.
     pub token: Option<String>,
+    /// Where the admin HTTP API (plain `GET`s, JSON) binds, `HOST:PORT`;
+    /// `None` runs none. Default `127.0.0.1:0` (a free loopback port,
+    /// written to the discovery file).
+    pub admin_listen: Option<String>,
     /// Bounds and timers.
     pub limits: Limits,
+    /// Spawn drivers that run a command, one per runtime kind (the
+    /// `--spawn KIND=COMMAND` option). Default none.
+    pub spawn: Vec<CommandDriver>,
 }
 
 impl DaemonConfig {
@@ -42,7 +51,9 @@ impl DaemonConfig {
             data_dir: data_dir.into(),
             listen: "ws://127.0.0.1:0/".into(),
             token: None,
+            admin_listen: Some("127.0.0.1:0".into()),
             limits: Limits::default(),
+            spawn: Vec::new(),
         }
     }
 }
@@ -108,11 +119,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 #[derive(Debug)]
 pub struct Daemon {
     broker: Broker,
-    servers: Vec<Server>,
+    listening: Vec<Listening>,
+    admin: Option<AdminHttp>,
     discovery: Discovery,
     data_dir: PathBuf,
     socket: PathBuf,
-    _served: Vec<ServeHandle>,
 }
 
 impl Daemon {
@@ -139,14 +150,25 @@ impl Daemon {
             let _ = std::fs::set_permissions(dir.join(STORE_FILE), mode);
         }
         let broker = Broker::open(store, config.limits.clone())?;
-        let registry = Registry::new();
-        let served = Service::new(broker.clone()).serve(&registry)?;
+        for driver in &config.spawn {
+            tracing::info!(kind = driver.kind(), "spawn driver");
+            broker.add_spawn_driver(Arc::new(driver.clone()));
+        }
         let token = match config.token {
             Some(t) => t,
             None => discovery::new_token().map_err(io("cannot make a token"))?,
         };
+        let tokens = capwire::auth::Tokens::new().with(&token, "plugin");
+        let admin = match &config.admin_listen {
+            Some(addr) => Some(
+                AdminHttp::start(addr, broker.clone(), tokens.clone())
+                    .await
+                    .map_err(io(format!("cannot listen on {addr} (admin HTTP)")))?,
+            ),
+            None => None,
+        };
         let mut serve = ServeConfig::default();
-        serve.tokens = Some(capwire::auth::Tokens::new().with(&token, "plugin"));
+        serve.tokens = Some(tokens);
         serve.capnweb_main = Some("capwire.broker".into());
 
         let socket = dir.join(SOCKET_FILE);
@@ -190,15 +212,16 @@ impl Daemon {
             ),
             other => (other.to_string(), other.to_string()),
         };
-        let servers = vec![
-            Server::start(unix, registry.clone(), serve.clone()),
-            Server::start(ws, registry, serve),
+        let listening = vec![
+            Listening::start(unix, broker.clone(), serve.clone())?,
+            Listening::start(ws, broker.clone(), serve)?,
         ];
         let discovery = Discovery {
             pid: std::process::id(),
             unix: unix_addr.to_string(),
             ws: ws_url,
             http: http_url,
+            admin: admin.as_ref().map(AdminHttp::url),
             token,
             started_at_ms: now_ms(),
         };
@@ -208,11 +231,11 @@ impl Daemon {
         tracing::info!(unix = %discovery.unix, ws = %discovery.ws, "broker listening");
         Ok(Daemon {
             broker,
-            servers,
+            listening,
+            admin,
             discovery,
             data_dir: dir,
             socket,
-            _served: served,
         })
     }
 
@@ -236,7 +259,10 @@ impl Daemon {
     /// and removes the socket and the discovery file.
     pub async fn shutdown(self) {
         self.broker.stop();
-        futures_util::future::join_all(self.servers.into_iter().map(Server::shutdown)).await;
+        futures_util::future::join_all(self.listening.into_iter().map(Listening::shutdown)).await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         self.broker.close().await;
         let _ = std::fs::remove_file(&self.socket);
         // Only our own file: another broker may have replaced a stale one.
@@ -254,6 +280,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     println!("  unix socket: {}", d.unix);
     println!("  websocket:   {}", d.ws);
     println!("  http:        {}", d.http);
+    if let Some(admin) = &d.admin {
+        println!("  admin:       {admin}");
+    }
     println!(
         "  discovery:   {}",
         daemon.data_dir().join(discovery::FILE_NAME).display()

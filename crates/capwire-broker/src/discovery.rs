@@ -23,6 +23,10 @@ pub struct Discovery {
     pub ws: String,
     /// The same port as an HTTP URL.
     pub http: String,
+    /// The admin HTTP API's base URL (`http://127.0.0.1:PORT/admin/`:
+    /// `GET status`, `endpoints`, `inbox`), when it runs.
+    #[serde(default)]
+    pub admin: Option<String>,
     /// The bearer token every connection must present.
     pub token: String,
     /// When the broker started, in milliseconds since the Unix epoch.
@@ -102,6 +106,7 @@ mod tests {
             unix: "unix:///x.sock".into(),
             ws: "ws://127.0.0.1:1/".into(),
             http: "http://127.0.0.1:1/".into(),
+            admin: None,
             token: new_token().unwrap(),
             started_at_ms: 1,
         };

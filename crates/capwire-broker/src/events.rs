@@ -32,6 +32,13 @@ pub enum BrokerEvent {
         /// The endpoint it was meant for, or dispatched to.
         endpoint_id: Option<EndpointId>,
     },
+    /// The broker's network presence changed (see [`crate::upstream`]).
+    Presence {
+        /// The new presence.
+        presence: crate::upstream::Presence,
+        /// Why (`link up`, `grace expired`).
+        reason: String,
+    },
     /// A spawn request moved on.
     Spawn {
         /// The request's token.

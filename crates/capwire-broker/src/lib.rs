@@ -58,8 +58,10 @@
 //! # }
 //! ```
 
+mod admin_http;
 pub mod broker;
 pub mod client;
+mod connections;
 pub mod daemon;
 pub mod discovery;
 pub mod events;
@@ -68,6 +70,7 @@ pub mod service;
 pub mod spawn;
 pub mod state;
 pub mod store;
+pub mod upstream;
 
 mod queue;
 

@@ -4,10 +4,14 @@
 //!
 //! The correlation cache is plain data driven by a `now`: each endpoint
 //! remembers, for the correlation ids of the messages it received, who sent
-//! them — at most `capacity` entries, each for `ttl`.
+//! them — at most `capacity` entries, each for `ttl`. The broker writes it
+//! through to the store (what it records, evicts and sweeps), so replies
+//! survive a restart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::store::EndpointId;
 
@@ -40,7 +44,7 @@ impl Unroutable {
 #[derive(Debug, Default)]
 struct Received {
     /// correlation id -> (the endpoint that sent it, when it expires).
-    origins: HashMap<String, (EndpointId, Instant)>,
+    origins: FxHashMap<String, (EndpointId, Instant)>,
     /// Insertion order, for eviction at capacity.
     order: VecDeque<String>,
 }
@@ -50,7 +54,9 @@ struct Received {
 pub struct CorrelationCache {
     ttl: Duration,
     capacity: usize,
-    by_endpoint: HashMap<EndpointId, Received>,
+    /// FxHash: ids and correlation ids are the broker's own, not chosen by
+    /// a peer.
+    by_endpoint: FxHashMap<EndpointId, Received>,
 }
 
 impl CorrelationCache {
@@ -60,31 +66,62 @@ impl CorrelationCache {
         CorrelationCache {
             ttl,
             capacity: capacity.max(1),
-            by_endpoint: HashMap::new(),
+            by_endpoint: FxHashMap::default(),
         }
     }
 
+    /// How long an entry lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// `receiver` got a message carrying `correlation` from `origin`.
+    /// Returns the correlations evicted to stay within the capacity.
     pub fn record(
         &mut self,
         receiver: EndpointId,
         correlation: &str,
         origin: EndpointId,
         now: Instant,
-    ) {
+    ) -> Vec<String> {
+        self.insert(receiver, correlation, origin, now + self.ttl)
+    }
+
+    /// Puts back an entry that expires at `expires` (read from the store
+    /// at start; the oldest first). Returns the correlations evicted.
+    pub fn restore(
+        &mut self,
+        receiver: EndpointId,
+        correlation: &str,
+        origin: EndpointId,
+        expires: Instant,
+    ) -> Vec<String> {
+        self.insert(receiver, correlation, origin, expires)
+    }
+
+    fn insert(
+        &mut self,
+        receiver: EndpointId,
+        correlation: &str,
+        origin: EndpointId,
+        expires: Instant,
+    ) -> Vec<String> {
         let received = self.by_endpoint.entry(receiver).or_default();
         let fresh = received
             .origins
-            .insert(correlation.to_owned(), (origin, now + self.ttl))
+            .insert(correlation.to_owned(), (origin, expires))
             .is_none();
         if fresh {
             received.order.push_back(correlation.to_owned());
         }
+        let mut evicted = Vec::new();
         while received.order.len() > self.capacity {
             if let Some(oldest) = received.order.pop_front() {
                 received.origins.remove(&oldest);
+                evicted.push(oldest);
             }
         }
+        evicted
     }
 
     /// The endpoint a reply from `replier` to `correlation` goes to.
@@ -103,18 +140,26 @@ impl CorrelationCache {
         self.by_endpoint.remove(&endpoint);
     }
 
-    /// Drops expired entries; returns how many.
-    pub fn sweep(&mut self, now: Instant) -> usize {
-        let mut evicted = 0;
-        for received in self.by_endpoint.values_mut() {
-            let before = received.origins.len();
-            received.origins.retain(|_, (_, expires)| now < *expires);
-            let origins = &received.origins;
-            received.order.retain(|c| origins.contains_key(c));
-            evicted += before - received.origins.len();
+    /// Drops expired entries; returns them, by endpoint.
+    pub fn sweep(&mut self, now: Instant) -> Vec<(EndpointId, Vec<String>)> {
+        let mut swept = Vec::new();
+        for (endpoint, received) in &mut self.by_endpoint {
+            let mut gone = Vec::new();
+            received.origins.retain(|c, (_, expires)| {
+                let keep = now < *expires;
+                if !keep {
+                    gone.push(c.clone());
+                }
+                keep
+            });
+            if !gone.is_empty() {
+                let origins = &received.origins;
+                received.order.retain(|c| origins.contains_key(c));
+                swept.push((*endpoint, gone));
+            }
         }
         self.by_endpoint.retain(|_, r| !r.origins.is_empty());
-        evicted
+        swept
     }
 
     /// Entries held for `endpoint`.
@@ -138,7 +183,10 @@ mod tests {
         // Only the receiver may reply by it.
         assert_eq!(cache.resolve(3, "c1", t0), None);
         assert_eq!(cache.resolve(2, "c1", t0 + Duration::from_secs(10)), None);
-        assert_eq!(cache.sweep(t0 + Duration::from_secs(11)), 1);
+        assert_eq!(
+            cache.sweep(t0 + Duration::from_secs(11)),
+            [(2, vec!["c1".to_owned()])]
+        );
         assert_eq!(cache.len_for(2), 0);
     }
 
@@ -146,9 +194,9 @@ mod tests {
     fn the_oldest_entry_is_evicted_at_capacity() {
         let t0 = Instant::now();
         let mut cache = CorrelationCache::new(Duration::from_secs(60), 2);
-        cache.record(2, "a", 1, t0);
-        cache.record(2, "b", 1, t0);
-        cache.record(2, "c", 3, t0);
+        assert!(cache.record(2, "a", 1, t0).is_empty());
+        assert!(cache.record(2, "b", 1, t0).is_empty());
+        assert_eq!(cache.record(2, "c", 3, t0), ["a"]);
         assert_eq!(cache.resolve(2, "a", t0), None);
         assert_eq!(cache.resolve(2, "b", t0), Some(1));
         assert_eq!(cache.resolve(2, "c", t0), Some(3));

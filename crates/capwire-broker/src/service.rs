@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{
-    Acked, BrokerStatus, Delivery, EndpointStatus, Outgoing, Reattached, Registered, Registration,
-    Sent, TaskHint,
+    Acked, BrokerStatus, ConnectionId, Delivery, EndpointStatus, Outgoing, Reattached, Registered,
+    Registration, Sent, TaskHint,
 };
 use crate::events::BrokerEvent;
 use crate::spawn::SpawnStarted;
@@ -144,16 +144,29 @@ pub trait BrokerAdmin {
     async fn events(&self) -> Result<ItemsOf<BrokerEvent>, Status>;
 }
 
-/// Serves a [`Broker`] as both interfaces.
+/// Serves a [`Broker`] as both interfaces, to one connection or to
+/// callers without one.
 #[derive(Debug, Clone)]
 pub struct Service {
     broker: Broker,
+    conn: Option<ConnectionId>,
 }
 
 impl Service {
-    /// The service of `broker`.
+    /// The service of `broker` for callers without a lasting connection
+    /// (HTTP requests, in-process): their endpoints are kept alive by
+    /// heartbeats.
     pub fn new(broker: Broker) -> Service {
-        Service { broker }
+        Service { broker, conn: None }
+    }
+
+    /// The service of `broker` for the connection `conn`: endpoints
+    /// registered or reattached through it are held by it.
+    pub fn on_connection(broker: Broker, conn: ConnectionId) -> Service {
+        Service {
+            broker,
+            conn: Some(conn),
+        }
     }
 
     /// Serves both interfaces in `registry`; the handles keep them served.
@@ -188,15 +201,18 @@ impl BrokerApi for Service {
         spawn_token: Option<String>,
     ) -> Result<Registered, Status> {
         self.broker
-            .register(Registration {
-                kind,
-                pid,
-                label,
-                workspace,
-                tracking_ref,
-                task_hint,
-                spawn_token,
-            })
+            .register(
+                Registration {
+                    kind,
+                    pid,
+                    label,
+                    workspace,
+                    tracking_ref,
+                    task_hint,
+                    spawn_token,
+                },
+                self.conn,
+            )
             .await
     }
 
@@ -209,10 +225,12 @@ impl BrokerApi for Service {
     }
 
     async fn reattach(&self, endpoint_id: EndpointId, pid: u32) -> Result<Reattached, Status> {
-        self.broker.reattach(endpoint_id, pid)
+        self.broker.reattach(endpoint_id, pid, self.conn)
     }
 
-    async fn send(
+    // Not `async`: the arguments go into the send at once, so the future
+    // that waits for the commit does not carry them too.
+    fn send(
         &self,
         endpoint_id: EndpointId,
         to: Option<EndpointId>,
@@ -220,7 +238,7 @@ impl BrokerApi for Service {
         content: serde_json::Value,
         content_type: Option<String>,
         metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    ) -> Result<Sent, Status> {
+    ) -> impl std::future::Future<Output = Result<Sent, Status>> + Send {
         let out = Outgoing {
             to,
             in_reply_to,
@@ -228,7 +246,7 @@ impl BrokerApi for Service {
             content_type,
             metadata,
         };
-        self.broker.send(Some(endpoint_id), out).await
+        self.broker.send(Some(endpoint_id), out)
     }
 
     async fn receive(

@@ -29,7 +29,7 @@ pub trait SpawnDriver: Send + Sync + 'static {
 /// A driver that runs a configured command, with `CAPWIRE_SPAWN_TOKEN`
 /// (and `CAPWIRE_SPAWN_PROMPT` when given) in its environment. The process
 /// is not waited for beyond reaping it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandDriver {
     kind: String,
     program: String,
@@ -44,6 +44,35 @@ impl CommandDriver {
             program: program.into(),
             args,
         }
+    }
+
+    /// Parses `KIND=COMMAND` (the `--spawn` option): the command is split
+    /// into words as a POSIX shell would (quotes, escapes), and run without
+    /// a shell.
+    ///
+    /// ```
+    /// use capwire_broker::spawn::CommandDriver;
+    /// let d = CommandDriver::parse("python=python3 -m my_plugin --name 'a b'").unwrap();
+    /// assert_eq!(d, CommandDriver::new("python", "python3", vec![
+    ///     "-m".into(), "my_plugin".into(), "--name".into(), "a b".into(),
+    /// ]));
+    /// assert!(CommandDriver::parse("no-command").is_err());
+    /// ```
+    pub fn parse(spec: &str) -> Result<CommandDriver, String> {
+        let (kind, command) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("`{spec}`: expected KIND=COMMAND"))?;
+        let kind = kind.trim();
+        if kind.is_empty() {
+            return Err(format!("`{spec}`: the runtime kind is empty"));
+        }
+        let mut words = shlex::split(command)
+            .ok_or_else(|| format!("`{spec}`: unbalanced quotes in the command"))?
+            .into_iter();
+        let program = words
+            .next()
+            .ok_or_else(|| format!("`{spec}`: the command is empty"))?;
+        Ok(CommandDriver::new(kind, program, words.collect()))
     }
 }
 

@@ -113,3 +113,80 @@ async fn spawn_tokens_complete_requests_and_requests_are_bounded() {
     );
     daemon.shutdown().await;
 }
+
+/// Where `broker_process` finds its data directory and its `--spawn` spec.
+const CHILD_DATA: &str = "CAPWIRE_SPAWN_TEST_BROKER_DATA";
+const CHILD_SPAWN: &str = "CAPWIRE_SPAWN_TEST_BROKER_SPAWN";
+
+/// The broker daemon in a process of its own, when this test binary is
+/// re-run with `CHILD_DATA` set (otherwise nothing): configured from a
+/// `--spawn KIND=COMMAND` spec as `capwire broker --spawn` configures it.
+#[test]
+fn broker_process() {
+    let Some(dir) = std::env::var_os(CHILD_DATA) else {
+        return;
+    };
+    let mut config = capwire_broker::daemon::DaemonConfig::new(dir);
+    let spec = std::env::var(CHILD_SPAWN).expect("a spawn spec");
+    config
+        .spawn
+        .push(capwire_broker::spawn::CommandDriver::parse(&spec).expect("a valid spec"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(capwire_broker::daemon::run(config))
+        .expect("the broker daemon runs");
+}
+
+/// A daemon takes its command drivers from `--spawn KIND=COMMAND` specs
+/// (`capwire broker --spawn`): the command runs with the spawn token.
+#[tokio::test]
+async fn spawn_drivers_come_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("token.txt");
+    let spec = format!(
+        "writer=sh -c 'printf %s \"$CAPWIRE_SPAWN_TOKEN\" > {}'",
+        out.display()
+    );
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "broker_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DATA, dir.path())
+        .env(CHILD_SPAWN, &spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = loop {
+        if let Ok(d) = capwire_broker::discovery::Discovery::read(dir.path()) {
+            break d;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the broker exited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let client = Client::connect(&d.unix, &d.token).await.unwrap();
+    let admin = client.admin().await.unwrap();
+    let started = admin.spawn("writer".into(), None).await.unwrap();
+    let mut token = String::new();
+    for _ in 0..500 {
+        token = std::fs::read_to_string(&out).unwrap_or_default();
+        if !token.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(token, started.spawn_token, "the command ran with the token");
+    let unknown = admin.spawn("other".into(), None).await.unwrap_err();
+    assert_eq!(unknown.code, Code::Unimplemented);
+    client.close().await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A malformed spec is refused before anything starts.
+    assert!(capwire_broker::spawn::CommandDriver::parse("no-command-here").is_err());
+}

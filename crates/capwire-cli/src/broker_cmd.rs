@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capwire_broker::daemon::{self, DaemonConfig};
+use capwire_broker::spawn::CommandDriver;
 use capwire_broker::Client;
 use clap::{Args, Subcommand};
 
@@ -22,6 +23,11 @@ pub(crate) struct BrokerArgs {
     /// How long a reconnecting endpoint waits for its plugin, in ms.
     #[arg(long, default_value_t = 30_000)]
     grace_ms: u64,
+    /// A spawn driver: spawn requests for runtime KIND run COMMAND (split
+    /// like a shell would, run without one) with CAPWIRE_SPAWN_TOKEN (and
+    /// CAPWIRE_SPAWN_PROMPT) in its environment; repeat for several kinds.
+    #[arg(long = "spawn", value_name = "KIND=COMMAND", value_parser = CommandDriver::parse)]
+    spawn: Vec<CommandDriver>,
     #[command(subcommand)]
     command: Option<BrokerCommand>,
 }
@@ -72,6 +78,7 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         let mut config = DaemonConfig::new(data);
         config.listen = args.listen;
         config.limits.grace = std::time::Duration::from_millis(args.grace_ms);
+        config.spawn = args.spawn;
         daemon::run(config).await?;
         return Ok(ExitCode::SUCCESS);
     };

@@ -100,6 +100,19 @@ pub struct StoredMessage {
     pub bytes: usize,
 }
 
+/// Who sent a message that an endpoint received, by its correlation id:
+/// what reply routing needs (see [`crate::routing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationRecord {
+    /// The broker-issued correlation id of the received message.
+    pub correlation_id: String,
+    /// The endpoint that sent it (where a reply goes).
+    pub origin: EndpointId,
+    /// When it can no longer be replied to, in milliseconds since the Unix
+    /// epoch.
+    pub expires_at_ms: u64,
+}
+
 /// Everything a store holds, read once when the broker starts.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -109,6 +122,9 @@ pub struct Snapshot {
     pub messages: Vec<StoredMessage>,
     /// The undispatched inbox, by id.
     pub inbox: Vec<InboxEntry>,
+    /// Reply correlations, by receiving endpoint (expired ones included:
+    /// the broker drops them).
+    pub correlations: Vec<(EndpointId, CorrelationRecord)>,
     /// The next endpoint id to issue (ids are never reused).
     pub next_endpoint_id: EndpointId,
     /// The next inbox id to issue.
@@ -149,6 +165,22 @@ pub enum Write {
     InboxAdd(InboxEntry),
     /// Remove an inbox entry.
     InboxRemove(u64),
+    /// Remember correlations an endpoint received (with their origins).
+    PutCorrelations {
+        /// The receiving endpoint.
+        receiver: EndpointId,
+        /// What it received.
+        records: Vec<CorrelationRecord>,
+    },
+    /// Forget some of an endpoint's correlations (evicted or expired).
+    ForgetCorrelations {
+        /// The receiving endpoint.
+        receiver: EndpointId,
+        /// Their ids.
+        correlation_ids: Vec<String>,
+    },
+    /// Forget all of an endpoint's correlations (it closed).
+    ForgetEndpointCorrelations(EndpointId),
 }
 
 /// Counters of a store's write path.

@@ -16,8 +16,8 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    EndpointRecord, Envelope, InboxEntry, Snapshot, Store, StoreError, StoreStats, StoredMessage,
-    Write,
+    CorrelationRecord, EndpointRecord, Envelope, InboxEntry, Snapshot, Store, StoreError,
+    StoreStats, StoredMessage, Write,
 };
 
 const MESSAGES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("messages");
@@ -25,6 +25,9 @@ const DELIVERIES: TableDefinition<'_, (u64, u64), u32> = TableDefinition::new("d
 const ENDPOINTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("endpoints");
 const INBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("inbox");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// (receiver, correlation id) -> (origin, expires at ms).
+const CORRELATIONS: TableDefinition<'_, (u64, &str), (u64, u64)> =
+    TableDefinition::new("correlations");
 
 const NEXT_ENDPOINT: &str = "next_endpoint_id";
 const NEXT_INBOX: &str = "next_inbox_id";
@@ -36,8 +39,11 @@ fn db_err(e: impl Into<::redb::Error>) -> StoreError {
     StoreError::Database(e.into().to_string())
 }
 
+/// Where a job's outcome goes.
+type Done = oneshot::Sender<Result<(), StoreError>>;
+
 enum Command {
-    Job(Vec<Write>, oneshot::Sender<Result<(), StoreError>>),
+    Job(Vec<Write>, Done),
     Close(oneshot::Sender<()>),
 }
 
@@ -50,7 +56,9 @@ struct Counters {
 
 /// A [`Store`] in one redb file, with group commit.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// Released by `close`, so that the file can be opened again while
+    /// clones of the broker that held this store are still being dropped.
+    db: Mutex<Option<Arc<Database>>>,
     jobs: Mutex<Option<mpsc::UnboundedSender<Command>>>,
     counters: Arc<Counters>,
 }
@@ -80,17 +88,39 @@ impl RedbStore {
         txn.open_table(ENDPOINTS).map_err(db_err)?;
         txn.open_table(INBOX).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
+        txn.open_table(CORRELATIONS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let (writer_db, writer_counters) = (db.clone(), counters.clone());
+        // Inside a tokio runtime, a task there answers each transaction's
+        // jobs: the writer thread wakes it once per transaction instead of
+        // waking every job's task from outside the runtime, which costs a
+        // system call each and delays the next transaction.
+        let answers = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Answered>();
+            runtime.spawn(async move {
+                while let Some((jobs, outcome)) = rx.recv().await {
+                    answer(jobs, &outcome);
+                }
+            });
+            tx
+        });
         std::thread::Builder::new()
             .name("capwire-broker-store".into())
-            .spawn(move || writer(&writer_db, rx, max_batch.max(1), &writer_counters))
+            .spawn(move || {
+                writer(
+                    writer_db,
+                    rx,
+                    max_batch.max(1),
+                    &writer_counters,
+                    answers.as_ref(),
+                )
+            })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(RedbStore {
-            db,
+            db: Mutex::new(Some(db)),
             jobs: Mutex::new(Some(tx)),
             counters,
         })
@@ -103,7 +133,13 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let txn = db.begin_read().map_err(db_err)?;
         let mut snapshot = Snapshot::default();
         let endpoints = txn.open_table(ENDPOINTS).map_err(db_err)?;
         for row in endpoints.iter().map_err(db_err)? {
@@ -136,6 +172,20 @@ impl Store for RedbStore {
             snapshot
                 .inbox
                 .push(serde_json::from_slice::<InboxEntry>(v.value())?);
+        }
+        let correlations = txn.open_table(CORRELATIONS).map_err(db_err)?;
+        for row in correlations.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let (receiver, correlation_id) = k.value();
+            let (origin, expires_at_ms) = v.value();
+            snapshot.correlations.push((
+                receiver,
+                CorrelationRecord {
+                    correlation_id: correlation_id.to_owned(),
+                    origin,
+                    expires_at_ms,
+                },
+            ));
         }
         let meta = txn.open_table(META).map_err(db_err)?;
         let counter = |name: &str| -> Result<u64, StoreError> {
@@ -171,26 +221,46 @@ impl Store for RedbStore {
 
     fn close(&self) -> BoxFuture<'static, Result<(), StoreError>> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner()).take();
         async move {
             let Some(jobs) = jobs else { return Ok(()) };
             let (done, closed) = oneshot::channel();
             if jobs.send(Command::Close(done)).is_ok() {
                 let _ = closed.await;
             }
+            // The writer thread has let go of its handle: this is the last.
+            drop(db);
             Ok(())
         }
         .boxed()
     }
 }
 
+/// A transaction's jobs and its outcome, for the task that answers them.
+type Answered = (Vec<Done>, Result<(), StoreError>);
+
+/// Answers each job of a transaction.
+fn answer(jobs: Vec<Done>, outcome: &Result<(), StoreError>) {
+    for done in jobs {
+        let _ = done.send(match outcome {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Database(e.to_string())),
+        });
+    }
+}
+
 /// The writer thread: group commit until the queue closes or a `Close`.
+/// `answers` is the runtime task that answers the jobs, if there is one;
+/// without it the writer answers them itself.
 fn writer(
-    db: &Database,
+    db: Arc<Database>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     max_batch: usize,
     counters: &Counters,
+    answers: Option<&mpsc::UnboundedSender<Answered>>,
 ) {
     let mut closing = None;
+    let mut writes = Vec::new();
     while closing.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -199,7 +269,10 @@ fn writer(
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Job(writes, done) => jobs.push((writes, done)),
+                Command::Job(job, done) => {
+                    writes.push(job);
+                    jobs.push(done);
+                }
                 Command::Close(done) => closing = Some(done),
             }
             if jobs.len() < max_batch && closing.is_none() {
@@ -209,21 +282,26 @@ fn writer(
         if jobs.is_empty() {
             continue;
         }
-        let outcome = apply(db, jobs.iter().flat_map(|(w, _)| w.iter()));
+        let outcome = apply(&db, writes.iter().flatten());
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters
             .batches
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        let writes: usize = jobs.iter().map(|(w, _)| w.len()).sum();
-        counters.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        let count: usize = writes.iter().map(Vec::len).sum();
+        counters.writes.fetch_add(count as u64, Ordering::Relaxed);
+        writes.clear();
         if let Err(e) = &outcome {
             tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
         }
-        for (_, done) in jobs {
-            let _ = done.send(match &outcome {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Database(e.to_string())),
-            });
+        match answers {
+            Some(answers) => {
+                if let Err(mpsc::error::SendError((jobs, outcome))) = answers.send((jobs, outcome))
+                {
+                    // The runtime is gone: answer from here.
+                    answer(jobs, &outcome);
+                }
+            }
+            None => answer(jobs, &outcome),
         }
     }
     // Refuse whatever is still queued: nothing after a close is written.
@@ -233,6 +311,8 @@ fn writer(
             let _ = done.send(Err(StoreError::Closed));
         }
     }
+    // Let go of the database before saying the store is closed.
+    drop(db);
     if let Some(done) = closing {
         let _ = done.send(());
     }
@@ -254,6 +334,7 @@ fn write_all<'a>(
     let mut endpoints = txn.open_table(ENDPOINTS).map_err(db_err)?;
     let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
     let mut meta = txn.open_table(META).map_err(db_err)?;
+    let mut correlations = txn.open_table(CORRELATIONS).map_err(db_err)?;
     let mut bump = |name: &str, id: u64| -> Result<(), StoreError> {
         let next = meta.get(name).map_err(db_err)?.map_or(1, |v| v.value());
         if id >= next {
@@ -311,6 +392,32 @@ fn write_all<'a>(
             }
             Write::InboxRemove(id) => {
                 inbox.remove(*id).map_err(db_err)?;
+            }
+            Write::PutCorrelations { receiver, records } => {
+                for r in records {
+                    correlations
+                        .insert(
+                            (*receiver, r.correlation_id.as_str()),
+                            (r.origin, r.expires_at_ms),
+                        )
+                        .map_err(db_err)?;
+                }
+            }
+            Write::ForgetCorrelations {
+                receiver,
+                correlation_ids,
+            } => {
+                for id in correlation_ids {
+                    correlations
+                        .remove((*receiver, id.as_str()))
+                        .map_err(db_err)?;
+                }
+            }
+            Write::ForgetEndpointCorrelations(receiver) => {
+                let next = receiver.saturating_add(1);
+                correlations
+                    .retain_in((*receiver, "")..(next, ""), |_, _| false)
+                    .map_err(db_err)?;
             }
         }
     }
