@@ -15,7 +15,13 @@
 //!   `capwire.broker.admin` for operators, served to native capwire,
 //!   capnweb and JSON-RPC peers on a Unix socket and a loopback
 //!   WebSocket/HTTP port ([`daemon`]), behind one bearer token written to a
-//!   0600 discovery file ([`discovery`]).
+//!   0600 discovery file ([`discovery`]); read-only admin `GET`s on a
+//!   loopback port of their own.
+//! - **Liveness** ([`broker::Connection`]): an endpoint is held by the
+//!   connection that registered it and by its `receive` stream; without
+//!   either, by heartbeats.
+//! - **Upstream** ([`upstream`]): presence, queued state reports and
+//!   acknowledged control commands towards a network, behind a trait.
 //!
 //! ```
 //! use capwire_broker::daemon::{Daemon, DaemonConfig};
