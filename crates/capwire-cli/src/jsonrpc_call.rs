@@ -21,7 +21,7 @@ pub(crate) async fn call(
     mut config: TransportConfig,
 ) -> anyhow::Result<()> {
     let phases = Phases::new(Duration::from_millis(timeout_ms), address);
-    config.bearer = crate::bearer_token();
+    config.bearer = crate::call::bearer_token();
     let addr = address.parse()?;
     let t = phases
         .run("connecting to", transport::connect(&addr, &config))
