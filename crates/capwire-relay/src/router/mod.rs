@@ -14,6 +14,8 @@
 //! without a lease the client that drives the session — and wait, while
 //! nobody can answer, for at most the hold timeout before the relay answers
 //! `cancelled` (permissions) or an error (anything else) itself.
+//!
+//! Attaching, switching sessions and the welcome are in [`view`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -30,7 +32,9 @@ use crate::ids::{ConnId, IdMap, Inbound};
 use crate::lease::{self, Lease, Verdict};
 use crate::ring::RingLimits;
 use crate::session::Sessions;
-use crate::welcome::{AgentState, Attach, Welcome};
+use crate::welcome::Attach;
+
+mod view;
 
 /// JSON-RPC code for "unavailable" (capwire's table): the agent is not running.
 const UNAVAILABLE: i64 = -32007;
@@ -407,149 +411,6 @@ impl Router {
         }
     }
 
-    fn attach(&mut self, conn: ConnId, id: Option<&RawValue>, p: Attach, now: Instant) {
-        if let Some(new) = p.client_id.filter(|c| !c.is_empty() && c.len() <= 200) {
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return;
-            };
-            let old = std::mem::replace(&mut c.client_id, new.clone());
-            if self.clients.get(&old) == Some(&conn) {
-                self.clients.remove(&old);
-            }
-            self.clients.insert(new, conn);
-        }
-        let Some(client) = self.conns.get(&conn).map(|c| c.client_id.clone()) else {
-            return;
-        };
-        let session = match p.session_id {
-            Some(s) if self.sessions.get(&s).is_none() => {
-                if let Some(id) = id {
-                    let e = ErrorObject::new(NOT_FOUND, format!("no live session {s}"))
-                        .with_data(json!({"reason": "unknown_session"}));
-                    self.direct(conn, frame::error(id, &e));
-                }
-                return;
-            }
-            Some(s) => Some(s),
-            None => self
-                .last_view
-                .get(&client)
-                .filter(|s| self.sessions.get(s).is_some())
-                .cloned()
-                .or_else(|| self.sessions.most_recent().map(str::to_owned)),
-        };
-        self.switch_view(
-            conn,
-            session,
-            p.last_seq.unwrap_or(0),
-            p.epoch.as_deref(),
-            id,
-        );
-        self.route_open_requests(now);
-    }
-
-    /// Points `conn` at `session`, replaying after `last_seq`: the welcome
-    /// (as the answer to `reply_to`, or a `_relay/welcome` notification),
-    /// then the gap; open requests and live frames follow.
-    fn switch_view(
-        &mut self,
-        conn: ConnId,
-        session: Option<String>,
-        last_seq: u64,
-        epoch: Option<&str>,
-        reply_to: Option<&RawValue>,
-    ) {
-        let Some(client) = self.conns.get(&conn).map(|c| c.client_id.clone()) else {
-            return;
-        };
-        let welcome;
-        match session.as_deref().and_then(|s| self.sessions.get(s)) {
-            Some(s) => {
-                let ring = s.ring.clone();
-                let (replay, head, first, ring_epoch) = {
-                    let r = ring.lock();
-                    (
-                        r.replay(last_seq, epoch),
-                        r.head(),
-                        r.first(),
-                        r.epoch().to_owned(),
-                    )
-                };
-                welcome = Welcome {
-                    client_id: client.clone(),
-                    session_id: Some(s.id.clone()),
-                    epoch: Some(ring_epoch),
-                    head_seq: head,
-                    first_seq: first,
-                    reset: replay.reset,
-                    busy: s.busy(),
-                    pending_permission_ids: self.permission_ids(&s.id),
-                    lease: self.lease.state(),
-                    agent: self.agent_state(),
-                };
-                let sid = s.id.clone();
-                self.last_view.insert(client, sid.clone());
-                self.out.push(Output::Deliver(
-                    conn,
-                    Delivery::View {
-                        session: sid.clone(),
-                        ring,
-                        next: replay.from,
-                    },
-                ));
-                let bytes = welcome_frame(&welcome, reply_to);
-                // Nothing of the ring before the welcome.
-                self.out.push(Output::Deliver(
-                    conn,
-                    Delivery::Frame {
-                        bytes,
-                        after: replay.from - 1,
-                    },
-                ));
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.view = Some(sid);
-                }
-            }
-            None => {
-                welcome = Welcome {
-                    client_id: client,
-                    session_id: None,
-                    epoch: None,
-                    head_seq: 0,
-                    first_seq: 1,
-                    reset: false,
-                    busy: false,
-                    pending_permission_ids: Vec::new(),
-                    lease: self.lease.state(),
-                    agent: self.agent_state(),
-                };
-                self.out.push(Output::Deliver(conn, Delivery::NoView));
-                let bytes = welcome_frame(&welcome, reply_to);
-                self.out
-                    .push(Output::Deliver(conn, Delivery::Frame { bytes, after: 0 }));
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.view = None;
-                }
-            }
-        }
-    }
-
-    fn permission_ids(&self, session: &str) -> Vec<serde_json::Value> {
-        self.ids
-            .open_inbound()
-            .into_iter()
-            .filter(|r| r.session.as_deref() == Some(session))
-            .filter_map(|r| r.tool_call_id.clone())
-            .collect()
-    }
-
-    fn agent_state(&self) -> AgentState {
-        AgentState {
-            running: self.agent_running,
-            starts: self.agent_starts,
-        }
-    }
-
     // ---- the agent --------------------------------------------------------
 
     pub(crate) fn agent_started(&mut self, now: Instant) {
@@ -881,12 +742,5 @@ impl Router {
             tracing::warn!(session = %sid, cap = self.config.max_sessions, "evicted the oldest idle, unviewed session (over the cap on live sessions)");
             self.last_view.retain(|_, s| *s != sid);
         }
-    }
-}
-
-fn welcome_frame(welcome: &Welcome, reply_to: Option<&RawValue>) -> Bytes {
-    match reply_to {
-        Some(id) => frame::result(id, welcome),
-        None => frame::notification("_relay/welcome", welcome),
     }
 }
