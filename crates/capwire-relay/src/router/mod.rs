@@ -15,7 +15,9 @@
 //! nobody can answer, for at most the hold timeout before the relay answers
 //! `cancelled` (permissions) or an error (anything else) itself.
 //!
-//! Attaching, switching sessions and the welcome are in [`view`].
+//! Attaching, switching sessions and the welcome are in [`view`]; the
+//! agent's requests to clients (who is asked, hand-over, the hold timeout)
+//! in [`requests`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -28,12 +30,13 @@ use serde_json::value::RawValue;
 
 use crate::delivery::Delivery;
 use crate::frame::{self, raw, Envelope, Kind};
-use crate::ids::{ConnId, IdMap, Inbound};
+use crate::ids::{ConnId, IdMap};
 use crate::lease::{self, Lease, Verdict};
 use crate::ring::RingLimits;
 use crate::session::Sessions;
 use crate::welcome::Attach;
 
+mod requests;
 mod view;
 
 /// JSON-RPC code for "unavailable" (capwire's table): the agent is not running.
@@ -148,7 +151,7 @@ impl Router {
         if !orphaned.is_empty() {
             tracing::info!(client = %c.client_id, requests = orphaned.len(), "client left with agent requests open; holding them for the next client");
         }
-        self.route_open_requests(now);
+        self.route_open_requests();
     }
 
     pub(crate) fn client_frame(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
@@ -165,7 +168,7 @@ impl Router {
         };
         match env.kind() {
             Some(Kind::Response) => self.client_answer(conn, &env),
-            _ if env.method().starts_with("_relay/") => self.relay_method(conn, &client, &env, now),
+            _ if env.method().starts_with("_relay/") => self.relay_method(conn, &client, &env),
             _ => self.client_call(conn, &client, &env, bytes, now),
         }
     }
@@ -343,7 +346,7 @@ impl Router {
 
     // ---- the relay's own methods -----------------------------------------
 
-    fn relay_method(&mut self, conn: ConnId, client: &str, env: &Envelope<'_>, now: Instant) {
+    fn relay_method(&mut self, conn: ConnId, client: &str, env: &Envelope<'_>) {
         let id = env.id.filter(|_| env.kind() == Some(Kind::Request));
         match env.method() {
             "_relay/attach" => {
@@ -352,13 +355,13 @@ impl Router {
                     Some(Ok(p)) => p,
                     Some(Err(e)) => return self.bad_params(conn, id, &e.to_string()),
                 };
-                self.attach(conn, id, params, now);
+                self.attach(conn, id, params);
             }
             "_relay/take_control" => {
                 let epoch = self.lease.take(client);
                 tracing::info!(client, epoch, "take_control");
                 self.broadcast_control();
-                self.route_open_requests(now);
+                self.route_open_requests();
                 if let Some(id) = id {
                     self.direct(conn, frame::result(id, &self.lease.state()));
                 }
@@ -367,7 +370,7 @@ impl Router {
                 let released = self.lease.release(client);
                 if released {
                     self.broadcast_control();
-                    self.route_open_requests(now);
+                    self.route_open_requests();
                 }
                 if let Some(id) = id {
                     self.direct(conn, frame::result(id, &json!({"released": released})));
@@ -552,42 +555,6 @@ impl Router {
         }
     }
 
-    fn agent_request(&mut self, env: &Envelope<'_>, now: Instant) {
-        #[derive(Deserialize)]
-        struct P {
-            #[serde(rename = "toolCall")]
-            tool_call: Option<T>,
-        }
-        #[derive(Deserialize)]
-        struct T {
-            #[serde(rename = "toolCallId")]
-            tool_call_id: Option<serde_json::Value>,
-        }
-        let Some(agent_id) = env.id else { return };
-        let session = env.session_id();
-        let tool_call_id = env
-            .params
-            .and_then(|p| serde_json::from_str::<P>(p.get()).ok())
-            .and_then(|p| p.tool_call)
-            .and_then(|t| t.tool_call_id);
-        let fresh = self.ids.inbound(Inbound {
-            agent_id: agent_id.to_owned(),
-            method: env.method().to_owned(),
-            params: env.params.map(ToOwned::to_owned),
-            session,
-            tool_call_id,
-            assigned: None,
-            held_since: Some(now),
-            arrival: 0,
-        });
-        if !fresh {
-            let e = ErrorObject::new(INVALID_REQUEST, "a request with this id is already open");
-            self.send_agent(frame::error(agent_id, &e));
-            return;
-        }
-        self.route_open_requests(now);
-    }
-
     fn agent_notification(&mut self, env: &Envelope<'_>, bytes: &[u8], now: Instant) {
         match env.session_id() {
             Some(sid) => {
@@ -602,78 +569,6 @@ impl Router {
             }
             None => self.broadcast(bytes),
         }
-    }
-
-    /// Answers the agent's requests nobody could be asked for the hold timeout.
-    pub(crate) fn timeout(&mut self, now: Instant) {
-        let Some(deadline) = now.checked_sub(self.config.hold_timeout) else {
-            return;
-        };
-        for agent_id in self.ids.held_before(deadline) {
-            let Some(r) = self.ids.settle(&agent_id) else {
-                continue;
-            };
-            tracing::info!(method = %r.method, "no client answered in time; the relay answers");
-            let answer = if r.method == "session/request_permission" {
-                frame::result(&r.agent_id, &json!({"outcome": {"outcome": "cancelled"}}))
-            } else {
-                let e = ErrorObject::new(UNAVAILABLE, "no client could answer in time")
-                    .with_data(json!({"reason": "no_client"}));
-                frame::error(&r.agent_id, &e)
-            };
-            self.send_agent(answer);
-        }
-    }
-
-    // ---- routing of the agent's requests ---------------------------------
-
-    /// The connection that must answer the agent's requests of `session`.
-    fn target(&self, session: Option<&str>) -> Option<ConnId> {
-        let live = |client: &str| self.clients.get(client).copied();
-        if self.lease.enabled() {
-            if let Some(holder) = self.lease.holder() {
-                return live(holder);
-            }
-        }
-        let s = session.and_then(|s| self.sessions.get(s))?;
-        if let Some(conn) = s.driver.as_deref().and_then(live) {
-            return Some(conn);
-        }
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.view.as_deref() == Some(s.id.as_str()))
-            .map(|(id, _)| *id)
-            .min()
-    }
-
-    /// Sends every open agent request whose target changed (nobody asked,
-    /// or not the lease holder) to its target.
-    fn route_open_requests(&mut self, now: Instant) {
-        let moves: Vec<(String, ConnId)> = self
-            .ids
-            .open_inbound()
-            .into_iter()
-            .filter_map(|r| {
-                let target = self.target(r.session.as_deref())?;
-                let asked = r.assigned.map(|(c, _)| c);
-                let stale = match asked {
-                    None => true,
-                    Some(c) => self.lease.enabled() && c != target,
-                };
-                stale.then(|| (r.agent_id.get().to_owned(), target))
-            })
-            .collect();
-        for (agent_id, conn) in moves {
-            let Some(client_id) = self.ids.ask(&agent_id, conn) else {
-                continue;
-            };
-            let Some(r) = self.ids.inbound_request(&agent_id) else {
-                continue;
-            };
-            let bytes = frame::request(&raw(client_id.to_string()), &r.method, r.params.as_deref());
-            self.direct(conn, bytes);
-        }
-        let _ = now;
     }
 
     // ---- output helpers ---------------------------------------------------

@@ -3,8 +3,6 @@
 //! `session/load`), and the welcome's facts (open permission requests, the
 //! agent's state).
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use capwire::dialect::jsonrpc::ErrorObject;
 use serde_json::json;
@@ -17,7 +15,7 @@ use crate::ids::ConnId;
 use crate::welcome::{AgentState, Attach, Welcome};
 
 impl Router {
-    pub(super) fn attach(&mut self, conn: ConnId, id: Option<&RawValue>, p: Attach, now: Instant) {
+    pub(super) fn attach(&mut self, conn: ConnId, id: Option<&RawValue>, p: Attach) {
         if let Some(new) = p.client_id.filter(|c| !c.is_empty() && c.len() <= 200) {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
@@ -55,7 +53,7 @@ impl Router {
             p.epoch.as_deref(),
             id,
         );
-        self.route_open_requests(now);
+        self.route_open_requests();
     }
 
     /// Points `conn` at `session`, replaying after `last_seq`: the welcome
