@@ -3,7 +3,6 @@
 //! renamed), removed on clean shutdown; one left by a dead process is stale
 //! and replaced.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -44,21 +43,9 @@ impl Discovery {
     /// Writes it to `data_dir` atomically, mode 0600.
     pub fn write(&self, data_dir: &Path) -> std::io::Result<PathBuf> {
         let path = data_dir.join(FILE_NAME);
-        let tmp = data_dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, &path)?;
+        capwire::auth::write_secret(&path, &text)?;
         Ok(path)
     }
 }
@@ -88,9 +75,7 @@ pub fn existing(data_dir: &Path) -> Existing {
 
 /// A new random bearer token (256 bits, hex).
 pub fn new_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    capwire::auth::new_token()
 }
 
 #[cfg(test)]

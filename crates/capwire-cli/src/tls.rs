@@ -107,27 +107,11 @@ pub(crate) fn write_certs(dir: &Path, hosts: &[String], clients: &[String]) -> a
 /// Writes one file; private keys are readable by their owner only.
 fn write(dir: &Path, name: &str, text: &str, private: bool) -> anyhow::Result<()> {
     let path = dir.join(name);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // A key file that existed before keeps its mode through `truncate`.
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
-    }
+    let written = match private {
+        true => capwire::auth::write_secret(&path, text.as_bytes()),
+        false => std::fs::write(&path, text),
+    };
+    written.with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

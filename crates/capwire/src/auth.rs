@@ -24,6 +24,8 @@
 //! ```
 
 use std::fmt;
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
@@ -157,5 +159,78 @@ mod tests {
         assert_eq!(query_token("a=1&token=x%2By+z").as_deref(), Some("x+y z"));
         assert_eq!(query_token("token=%zz").as_deref(), Some("%zz"));
         assert_eq!(query_token("tok=1"), None);
+    }
+}
+
+/// A new random bearer token: 256 bits from the operating system's random
+/// source, as 64 hex digits.
+pub fn new_token() -> std::io::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| std::io::Error::other("the system's random source failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a secret (a file holding a token, a private key) so that only its
+/// owner can read it (mode 0600 on Unix) and nobody ever reads half of it:
+/// written to a temporary file beside `path`, synced, then renamed over it.
+/// The directory is made if missing.
+pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path
+        .file_name()
+        .map_or_else(|| "secret".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn secrets_are_private_and_replace_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/secret.json");
+        write_secret(&path, b"one").unwrap();
+        write_secret(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        // A path whose directory cannot be made fails, and says why.
+        let blocked = path.join("below-a-file");
+        assert!(write_secret(&blocked, b"x").is_err());
     }
 }
