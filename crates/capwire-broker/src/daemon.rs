@@ -287,25 +287,10 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         "  discovery:   {}",
         daemon.data_dir().join(discovery::FILE_NAME).display()
     );
-    shutdown_signal()
+    capwire::dialect::shutdown_signal()
         .await
         .map_err(io("cannot wait for signals"))?;
     eprintln!("capwire broker: shutting down");
     daemon.shutdown().await;
-    Ok(())
-}
-
-/// SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -205,27 +205,12 @@ pub(crate) async fn serve_forever(
     outln!("serving \"{NAME}\" v{VERSION} on {}", listener.local_addr());
     let grace = config.session.close_grace;
     let server = Server::start(listener, registry, config);
-    shutdown_signal().await?;
+    capwire::dialect::shutdown_signal().await?;
     eprintln!(
         "shutting down: no new connections; calls in flight get up to {} s",
         grace.as_secs_f64()
     );
     server.shutdown().await;
-    Ok(())
-}
-
-/// SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
     Ok(())
 }
 

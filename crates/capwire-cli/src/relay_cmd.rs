@@ -100,23 +100,9 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = discovery {
         println!("discovery file: {}", path.display());
     }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => relay.shutdown().await,
-        _ = terminate() => relay.shutdown().await,
-    }
+    capwire::dialect::shutdown_signal().await?;
+    relay.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn terminate() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut s) = signal(SignalKind::terminate()) {
-            s.recv().await;
-            return;
-        }
-    }
-    std::future::pending::<()>().await
 }
 
 fn default_discovery() -> PathBuf {

@@ -68,7 +68,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = Listener::bind(&address.parse()?, config).await?;
     println!("listening on {}", listener.local_addr());
     let server = Server::start(listener, registry, ServeConfig::default());
-    tokio::signal::ctrl_c().await?;
+    capwire::dialect::shutdown_signal().await?; // Ctrl-C or SIGTERM
     server.shutdown().await;
     Ok(())
 }

@@ -102,7 +102,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut serve = ServeConfig::default();
     serve.capnweb_main = Some("page".into());
     let server = Server::start(listener, registry, serve);
-    tokio::signal::ctrl_c().await?;
+    capwire::dialect::shutdown_signal().await?; // Ctrl-C or SIGTERM
     server.shutdown().await;
     Ok(())
 }

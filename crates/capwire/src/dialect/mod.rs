@@ -14,7 +14,7 @@ pub mod capnweb;
 pub mod jsonrpc;
 mod server;
 
-pub use server::Server;
+pub use server::{shutdown_signal, Server};
 
 use capwire_proto::{Code, Status};
 

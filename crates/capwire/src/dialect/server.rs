@@ -25,7 +25,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// let registry = capwire::Registry::new();
 /// let listener = Listener::bind(&"tcp://127.0.0.1:7000".parse()?, Default::default()).await?;
 /// let server = Server::start(listener, registry, ServeConfig::default());
-/// tokio::signal::ctrl_c().await?;
+/// capwire::dialect::shutdown_signal().await?; // SIGINT or SIGTERM
 /// server.shutdown().await; // goaway to every session; calls in flight finish
 /// # Ok(())
 /// # }
@@ -83,6 +83,22 @@ impl Server {
         let closing = sessions.iter().map(Served::close);
         futures_util::future::join_all(closing).await;
     }
+}
+
+/// Waits for what stops a long-running server: SIGINT (Ctrl-C) or, on
+/// Unix, SIGTERM. Pair it with [`Server::shutdown`].
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 fn lock(sessions: &Mutex<Vec<Served>>) -> std::sync::MutexGuard<'_, Vec<Served>> {
