@@ -5,28 +5,13 @@
 use std::time::Duration;
 
 use capwire_broker::broker::{Delivery, Routed};
-use capwire_broker::daemon::{Daemon, DaemonConfig};
 use capwire_broker::store::EndpointId;
 use capwire_broker::{Client, Limits};
 use futures_util::StreamExt;
 use serde_json::json;
 
-const PID: fn() -> u32 = std::process::id;
-
-async fn start(dir: &std::path::Path, limits: &Limits) -> Daemon {
-    let mut config = DaemonConfig::new(dir);
-    config.limits = limits.clone();
-    Daemon::start(config).await.expect("the daemon starts")
-}
-
-async fn register(client: &Client) -> EndpointId {
-    client
-        .api()
-        .register("test".into(), PID(), None, None, None, None, None)
-        .await
-        .unwrap()
-        .endpoint_id
-}
+mod common;
+use common::{pid, register, start};
 
 async fn next(
     stream: &mut (impl futures_util::Stream<Item = Result<Delivery, capwire::Status>> + Unpin),
@@ -54,7 +39,7 @@ async fn replies_route_after_a_restart_within_the_bound_and_the_ttl() {
     limits.correlation_capacity = 2;
     limits.correlation_ttl = Duration::from_secs(3);
     let (a, b, received) = {
-        let daemon = start(dir.path(), &limits).await;
+        let daemon = start(dir.path(), limits.clone()).await;
         let d = daemon.discovery().clone();
         let alice = Client::connect(&d.unix, &d.token).await.unwrap();
         let bob = Client::connect(&d.unix, &d.token).await.unwrap();
@@ -77,12 +62,12 @@ async fn replies_route_after_a_restart_within_the_bound_and_the_ttl() {
     };
 
     // A new broker process would have no memory but the store.
-    let daemon = start(dir.path(), &limits).await;
+    let daemon = start(dir.path(), limits.clone()).await;
     let d = daemon.discovery().clone();
     let bob = Client::connect(&d.unix, &d.token).await.unwrap();
     let alice = Client::connect(&d.unix, &d.token).await.unwrap();
-    bob.api().reattach(b, PID()).await.unwrap();
-    alice.api().reattach(a, PID()).await.unwrap();
+    bob.api().reattach(b, pid()).await.unwrap();
+    alice.api().reattach(a, pid()).await.unwrap();
     // The newest two are kept (the bound is 2): replies reach alice.
     for correlation in &received[1..] {
         let routed = reply(&bob, b, correlation).await;
@@ -106,10 +91,10 @@ async fn replies_route_after_a_restart_within_the_bound_and_the_ttl() {
 
     // Past the TTL, after another restart, none is left.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let daemon = start(dir.path(), &limits).await;
+    let daemon = start(dir.path(), limits.clone()).await;
     let d = daemon.discovery().clone();
     let bob = Client::connect(&d.unix, &d.token).await.unwrap();
-    bob.api().reattach(b, PID()).await.unwrap();
+    bob.api().reattach(b, pid()).await.unwrap();
     let routed = reply(&bob, b, &received[2]).await;
     assert!(
         matches!(&routed, Routed::Inbox { reason, .. } if reason == "unknown_correlation"),

@@ -6,28 +6,13 @@ use std::time::Duration;
 
 use capwire::Code;
 use capwire_broker::broker::Delivery;
-use capwire_broker::daemon::{Daemon, DaemonConfig};
 use capwire_broker::store::EndpointId;
 use capwire_broker::{BrokerEvent, Client, EndpointState, Limits};
 use futures_util::StreamExt;
 use serde_json::json;
 
-const PID: fn() -> u32 = std::process::id;
-
-async fn start(dir: &std::path::Path, limits: Limits) -> Daemon {
-    let mut config = DaemonConfig::new(dir);
-    config.limits = limits;
-    Daemon::start(config).await.expect("the daemon starts")
-}
-
-async fn register(client: &Client) -> EndpointId {
-    client
-        .api()
-        .register("test".into(), PID(), None, None, None, None, None)
-        .await
-        .expect("register")
-        .endpoint_id
-}
+mod common;
+use common::{pid, register, start};
 
 async fn send(client: &Client, from: EndpointId, to: EndpointId, n: u64) {
     let sent = client
@@ -175,9 +160,9 @@ async fn a_dropped_connection_holds_messages_until_reattach_in_order() {
     // A receive before reattach is refused; a wrong pid too.
     let early = bob.api().receive(b, None).next().await.unwrap();
     assert_eq!(early.unwrap_err().code, Code::FailedPrecondition);
-    let wrong = bob.api().reattach(b, PID() + 1).await.unwrap_err();
+    let wrong = bob.api().reattach(b, pid() + 1).await.unwrap_err();
     assert_eq!(wrong.code, Code::PermissionDenied);
-    let back = bob.api().reattach(b, PID()).await.unwrap();
+    let back = bob.api().reattach(b, pid()).await.unwrap();
     assert_eq!(back.held, 4);
     wait_state(&mut events, b, EndpointState::Active).await;
 
@@ -224,7 +209,7 @@ async fn a_restarted_broker_keeps_endpoints_queues_and_delivery_counts() {
         .iter()
         .all(|e| e.record.state == EndpointState::Reconnecting));
     let bob = Client::connect(&d.ws, &d.token).await.unwrap();
-    bob.api().reattach(b, PID()).await.unwrap();
+    bob.api().reattach(b, pid()).await.unwrap();
     let mut inbox = bob.api().receive(b, None);
     let m = next(&mut inbox).await;
     assert_eq!(
@@ -235,7 +220,7 @@ async fn a_restarted_broker_keeps_endpoints_queues_and_delivery_counts() {
     assert_eq!(next(&mut inbox).await.envelope.content, json!(2));
     // The sender is still known and can reattach too.
     let alice = Client::connect(&d.unix, &d.token).await.unwrap();
-    alice.api().reattach(a, PID()).await.unwrap();
+    alice.api().reattach(a, pid()).await.unwrap();
     daemon.shutdown().await;
 }
 

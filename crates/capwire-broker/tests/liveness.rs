@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use capwire_broker::daemon::{Daemon, DaemonConfig};
+use capwire_broker::daemon::Daemon;
 use capwire_broker::discovery::Discovery;
 use capwire_broker::store::EndpointId;
 use capwire_broker::{BrokerEvent, Client, EndpointState, Limits};
@@ -14,22 +14,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PID: fn() -> u32 = std::process::id;
-
-async fn start(dir: &std::path::Path, limits: Limits) -> Daemon {
-    let mut config = DaemonConfig::new(dir);
-    config.limits = limits;
-    Daemon::start(config).await.expect("the daemon starts")
-}
-
-async fn register(client: &Client) -> EndpointId {
-    client
-        .api()
-        .register("test".into(), PID(), None, None, None, None, None)
-        .await
-        .expect("register")
-        .endpoint_id
-}
+mod common;
+use common::{pid, register, start};
 
 /// Waits for `id` to enter `want`; returns the transition's cause.
 async fn wait_state(
@@ -102,7 +88,7 @@ async fn a_closed_connection_makes_its_endpoints_reconnecting_without_receive() 
         assert_eq!(causes, ["connection closed", "connection closed"]);
         // The plugin comes back on a new connection, which holds it now.
         let again = Client::connect(address, &d.token).await.unwrap();
-        again.api().reattach(a, PID()).await.unwrap();
+        again.api().reattach(a, pid()).await.unwrap();
         wait_state(&mut events, a, EndpointState::Active).await;
         again.close().await;
         wait_state(&mut events, a, EndpointState::Reconnecting).await;
@@ -157,7 +143,7 @@ async fn an_endpoint_lives_while_its_connection_or_its_receiver_does() {
 
     // A receive stream cancelled on a connection that stays open: the
     // connection still holds the endpoint.
-    sender.api().reattach(a, PID()).await.unwrap();
+    sender.api().reattach(a, pid()).await.unwrap();
     wait_state(&mut events, a, EndpointState::Active).await;
     let stream = sender.api().receive(a, None);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -240,7 +226,7 @@ async fn heartbeats_keep_an_endpoint_without_a_connection_alive() {
     let registered = post(
         &d,
         "capwire.broker/register",
-        json!({"kind": "http-plugin", "pid": PID()}),
+        json!({"kind": "http-plugin", "pid": pid()}),
     )
     .await;
     let id = registered["endpoint_id"].as_u64().unwrap();
@@ -274,7 +260,7 @@ async fn heartbeats_keep_an_endpoint_without_a_connection_alive() {
     post(
         &d,
         "capwire.broker/reattach",
-        json!({"endpoint_id": id, "pid": PID()}),
+        json!({"endpoint_id": id, "pid": pid()}),
     )
     .await;
     assert_eq!(state_of(&daemon, id), EndpointState::Active);
