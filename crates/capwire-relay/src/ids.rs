@@ -56,6 +56,8 @@ pub(crate) struct IdMap {
     inbound: HashMap<String, Inbound>,
     /// (connection, client-facing id) → agent id text.
     asked: HashMap<(ConnId, u64), String>,
+    /// Requests each live connection has in flight to the agent.
+    per_conn: HashMap<ConnId, usize>,
 }
 
 impl IdMap {
@@ -72,6 +74,7 @@ impl IdMap {
         let id = self.next_out;
         if let Some(c) = conn {
             self.by_client.insert((c, client_id.get().to_owned()), id);
+            *self.per_conn.entry(c).or_default() += 1;
         }
         self.outbound.insert(
             id,
@@ -91,8 +94,18 @@ impl IdMap {
         let out = self.outbound.remove(&id)?;
         if let Some(c) = out.conn {
             self.by_client.remove(&(c, out.client_id.get().to_owned()));
+            if let Some(n) = self.per_conn.get_mut(&c) {
+                *n = n.saturating_sub(1);
+            }
         }
         Some(out)
+    }
+
+    /// Requests `conn` has in flight to the agent, and all requests in
+    /// flight to the agent (of live clients, gone ones and the relay's).
+    pub(crate) fn in_flight(&self, conn: ConnId) -> (usize, usize) {
+        let mine = self.per_conn.get(&conn).copied().unwrap_or(0);
+        (mine, self.outbound.len())
     }
 
     /// The relay id of `conn`'s request `client_id`, for `$/cancel_request`.
@@ -169,6 +182,7 @@ impl IdMap {
     /// agent's requests it was asked are asked of nobody (the agent ids).
     pub(crate) fn conn_closed(&mut self, conn: ConnId, now: Instant) -> Vec<String> {
         self.by_client.retain(|(c, _), _| *c != conn);
+        self.per_conn.remove(&conn);
         for out in self.outbound.values_mut() {
             if out.conn == Some(conn) {
                 out.conn = None;
@@ -189,6 +203,7 @@ impl IdMap {
     /// The agent is gone: everything in flight, both ways.
     pub(crate) fn agent_gone(&mut self) -> (Vec<Outbound>, Vec<Inbound>) {
         self.by_client.clear();
+        self.per_conn.clear();
         self.asked.clear();
         let out = self.outbound.drain().map(|(_, o)| o).collect();
         let inb = self.inbound.drain().map(|(_, i)| i).collect();

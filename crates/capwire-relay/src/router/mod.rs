@@ -39,6 +39,18 @@ use crate::welcome::Attach;
 mod requests;
 mod view;
 
+/// JSON-RPC code for "resource exhausted" (capwire's table).
+const RESOURCE_EXHAUSTED: i64 = -32005;
+
+/// Requests one client may have waiting for the agent's answers: past it
+/// the relay answers `resource_exhausted`, so a client that floods cannot
+/// grow the id tables without bound.
+pub(crate) const MAX_IN_FLIGHT_PER_CLIENT: usize = 256;
+
+/// Requests all clients together may have waiting for the agent (those of
+/// clients gone since stay until the agent answers them).
+pub(crate) const MAX_IN_FLIGHT_TO_AGENT: usize = 4096;
+
 /// JSON-RPC code for "unavailable" (capwire's table): the agent is not running.
 const UNAVAILABLE: i64 = -32007;
 /// JSON-RPC code for "not found" (capwire's table): an unknown session.
@@ -255,6 +267,20 @@ impl Router {
         }
         match env.id {
             Some(id) if env.kind() == Some(Kind::Request) => {
+                let (mine, all) = self.ids.in_flight(conn);
+                if mine >= MAX_IN_FLIGHT_PER_CLIENT || all >= MAX_IN_FLIGHT_TO_AGENT {
+                    let e = ErrorObject::new(
+                        RESOURCE_EXHAUSTED,
+                        "too many requests waiting for the agent's answers",
+                    )
+                    .with_data(json!({
+                        "reason": "max_in_flight",
+                        "per_client": MAX_IN_FLIGHT_PER_CLIENT,
+                        "total": MAX_IN_FLIGHT_TO_AGENT,
+                    }));
+                    self.direct(conn, frame::error(id, &e));
+                    return;
+                }
                 let relay_id = self.ids.outbound(Some(conn), id, method, session);
                 self.send_agent(frame::with_id(env, &raw(relay_id.to_string())));
             }
@@ -637,5 +663,102 @@ impl Router {
             tracing::warn!(session = %sid, cap = self.config.max_sessions, "evicted the oldest idle, unviewed session (over the cap on live sessions)");
             self.last_view.retain(|_, s| *s != sid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let mut r = Router::new(RouterConfig {
+            ring: RingLimits {
+                frames: 64,
+                bytes: 1 << 20,
+            },
+            max_sessions: 4,
+            lease: false,
+            hold_timeout: Duration::from_secs(60),
+            epoch: "t".into(),
+        });
+        r.agent_started(Instant::now());
+        r.take_output();
+        r
+    }
+
+    fn request(r: &mut Router, conn: ConnId, id: usize) {
+        let frame = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"x/y","params":{{}}}}"#);
+        r.client_frame(conn, frame.as_bytes(), Instant::now());
+    }
+
+    /// Counts what went to the agent, and the client frames that are errors
+    /// with `code`.
+    fn outcome(r: &mut Router, code: i64) -> (usize, usize) {
+        let mut sent = 0;
+        let mut refused = 0;
+        for out in r.take_output() {
+            match out {
+                Output::Agent(_) => sent += 1,
+                Output::Deliver(_, Delivery::Frame { bytes, .. }) => {
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    if v["error"]["code"] == code {
+                        refused += 1;
+                    }
+                }
+                Output::Deliver(..) => {}
+            }
+        }
+        (sent, refused)
+    }
+
+    #[test]
+    fn a_client_that_floods_the_agent_is_bounded() {
+        let mut r = router();
+        r.connected(1);
+        r.connected(2);
+        r.take_output();
+        for id in 0..MAX_IN_FLIGHT_PER_CLIENT + 10 {
+            request(&mut r, 1, id);
+        }
+        assert_eq!(
+            outcome(&mut r, RESOURCE_EXHAUSTED),
+            (MAX_IN_FLIGHT_PER_CLIENT, 10)
+        );
+        // Another client is not held back by the first one's requests.
+        request(&mut r, 2, 0);
+        assert_eq!(outcome(&mut r, RESOURCE_EXHAUSTED), (1, 0));
+        // An answer frees a place.
+        r.agent_frame(br#"{"jsonrpc":"2.0","id":1,"result":null}"#, Instant::now());
+        r.take_output();
+        request(&mut r, 1, 9999);
+        assert_eq!(outcome(&mut r, RESOURCE_EXHAUSTED), (1, 0));
+        // A client gone leaves its requests counted in the total only.
+        r.disconnected(1, Instant::now());
+        r.connected(3);
+        r.take_output();
+        request(&mut r, 3, 0);
+        assert_eq!(outcome(&mut r, RESOURCE_EXHAUSTED), (1, 0));
+        assert_eq!(r.ids.in_flight(3), (1, MAX_IN_FLIGHT_PER_CLIENT + 2));
+    }
+
+    #[test]
+    fn all_clients_together_are_bounded_too() {
+        let mut r = router();
+        let clients = MAX_IN_FLIGHT_TO_AGENT / MAX_IN_FLIGHT_PER_CLIENT + 2;
+        let mut totals = (0, 0);
+        for conn in 1..=clients as ConnId {
+            r.connected(conn);
+            r.take_output();
+            for id in 0..MAX_IN_FLIGHT_PER_CLIENT {
+                request(&mut r, conn, id);
+            }
+            let (sent, refused) = outcome(&mut r, RESOURCE_EXHAUSTED);
+            totals = (totals.0 + sent, totals.1 + refused);
+        }
+        let asked = clients * MAX_IN_FLIGHT_PER_CLIENT;
+        assert_eq!(
+            totals,
+            (MAX_IN_FLIGHT_TO_AGENT, asked - MAX_IN_FLIGHT_TO_AGENT)
+        );
     }
 }
